@@ -1,0 +1,1 @@
+"""Agents and LLM backends: DAG prompting, SPRING, policy agents, baselines, human play."""

@@ -1,0 +1,183 @@
+"""Batched generation with KV caches for BWArea ("simulate an LLM") and the autoregressive baseline.
+
+One loop drives both models through a small decoder interface:
+- `action_logits(tokens, mask)`: logits of the choice made at the newest position — the cognitive
+  action for BWArea (policy), the next token for the AR model;
+- `token_logits(tokens, mask, actions)`: BWArea's world-model logits given the chosen action, or
+  None for the AR model (its choice already is the token).
+The first call receives the whole (left-padded) prompt; later calls one new token per row.
+
+The output records, for every generated token, the action that produced it (the token itself for
+the AR model) and log pi(action | state) under the policy at temperature 1, whatever the sampling
+temperature — the quantity reward fine-tuning differentiates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import torch
+
+
+class Decoder(Protocol):
+    def action_logits(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor: ...
+
+    def token_logits(self, tokens: torch.Tensor, mask: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None: ...
+
+
+@dataclass
+class GenerationOutput:
+    sequences: torch.Tensor        # (B, P + N) prompt (left padded) followed by generated tokens
+    attention_mask: torch.Tensor   # (B, P + N) real tokens of `sequences`
+    tokens: torch.Tensor           # (B, N) generated tokens (pad after a row stops)
+    actions: torch.Tensor          # (B, N) action that produced each generated token
+    action_log_probs: torch.Tensor  # (B, N) log pi(action | state), 0 where mask is False
+    mask: torch.Tensor             # (B, N) True for tokens generated before the row stopped (stop token included)
+    finished: torch.Tensor         # (B,) True when the row ended on EOS or a stop string (not the length limit)
+    prompt_length: int
+
+    def action_positions(self) -> torch.Tensor:
+        """(B, P + N - 1) actions aligned with `sequences`: entry t is the action producing token t+1,
+        filled only at generated positions (zeros elsewhere) — the layout `action_log_probs` of a model takes."""
+        aligned = torch.zeros_like(self.sequences[:, 1:])
+        aligned[:, self.prompt_length - 1:] = self.actions
+        return aligned
+
+    def action_mask(self) -> torch.Tensor:
+        """(B, P + N - 1) True where `action_positions` holds a generated action."""
+        aligned = torch.zeros_like(self.sequences[:, 1:], dtype=torch.bool)
+        aligned[:, self.prompt_length - 1:] = self.mask
+        return aligned
+
+
+def choose(logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Greedy (temperature 0) or sampled choice over the last dimension of `logits`."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
+    if temperature == 0:
+        return logits.argmax(-1)
+    scores = logits.float() / temperature
+    if top_k is not None and top_k < scores.shape[-1]:
+        kth = scores.topk(top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        cumulative = sorted_scores.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_scores.softmax(-1) >= top_p  # keep the smallest prefix reaching top_p
+        scores = scores.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), float("-inf"))
+    probs = scores.softmax(-1)
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+
+
+def _forced_actions(actions: int | Sequence[int] | torch.Tensor | None, batch: int, steps: int,
+                    num_choices: int, device: torch.device) -> torch.Tensor | None:
+    if actions is None:
+        return None
+    forced = torch.as_tensor(actions, dtype=torch.long, device=device)
+    if forced.dim() == 0:
+        forced = forced.expand(batch, steps)
+    elif forced.dim() == 1:
+        if forced.shape[0] < steps:
+            raise ValueError(f"actions has {forced.shape[0]} entries but max_new_tokens={steps}; give one action per generated token.")
+        forced = forced[:steps].expand(batch, steps)
+    elif forced.shape[0] != batch or forced.shape[1] < steps:
+        raise ValueError(f"actions of shape {tuple(forced.shape)} must be (batch={batch}, >= max_new_tokens={steps}).")
+    if int(forced.min()) < 0 or int(forced.max()) >= num_choices:
+        raise ValueError(f"actions must lie in [0, {num_choices}); got values {int(forced.min())}..{int(forced.max())}.")
+    return forced[:, :steps]
+
+
+class _StopStrings:
+    """Detects stop strings in each row's generated text by decoding only a short tail."""
+
+    def __init__(self, stop_strings: Sequence[str], tokenizer: Any):
+        if stop_strings and tokenizer is None:
+            raise ValueError("stop_strings need a tokenizer to decode generated tokens; pass tokenizer=...")
+        self.stop_strings = [s for s in stop_strings if s]
+        self.tokenizer = tokenizer
+        self.window = max((len(s.encode()) for s in self.stop_strings), default=0) + 1
+
+    def hits(self, generated: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        hit = torch.zeros_like(active)
+        if not self.stop_strings:
+            return hit
+        for row in active.nonzero().flatten().tolist():
+            tail = self.tokenizer.decode(generated[row, -self.window:].tolist())
+            hit[row] = any(s in tail for s in self.stop_strings)
+        return hit
+
+
+@torch.no_grad()
+def generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+             max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             token_temperature: float = 0.0, actions: int | Sequence[int] | torch.Tensor | None = None,
+             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
+             stop_strings: Sequence[str] = (), tokenizer: Any = None,
+             generator: torch.Generator | None = None) -> GenerationOutput:
+    """Generate up to `max_new_tokens` tokens for a left-padded batch.
+
+    temperature: sampling temperature of the choice (BWArea: the cognitive action; AR: the token);
+        0 = greedy (argmax).
+    top_k, top_p: optional truncation of that choice's distribution.
+    token_temperature: BWArea only — how the world model emits the token given the action; 0 (default)
+        = greedy, so all randomness and control live in the action.
+    actions: force the choice instead of sampling it — one int for every step, a (N,) sequence for every
+        row, or a (B, N) tensor. Log-probabilities of the forced actions are still reported.
+    eos_token_id / stop_strings: a row stops after emitting EOS or once its text contains a stop string
+        (the stopping token is kept and marked in `mask`). Defaults: the model config's eos/pad ids.
+    generator: torch.Generator for reproducible sampling.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}.")
+    config = model.config
+    batch, prompt_length = input_ids.shape
+    device = input_ids.device
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+    if not bool(attention_mask[:, -1].all()):
+        raise ValueError("prompts must be left padded (every row's last position a real token); set tokenizer.padding_side = 'left'.")
+    eos_ids = config.eos_token_id if eos_token_id is None else eos_token_id
+    eos_ids = torch.as_tensor([] if eos_ids is None else eos_ids, dtype=torch.long, device=device).flatten()
+    pad_id = pad_token_id if pad_token_id is not None else (config.pad_token_id if config.pad_token_id is not None else 0)
+    decoder: Decoder = model.decoder(input_ids, attention_mask, prompt_length + max_new_tokens)
+    stops = _StopStrings(stop_strings, tokenizer)
+
+    tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    chosen = torch.zeros_like(tokens)
+    log_probs = torch.zeros(batch, max_new_tokens, device=device)
+    mask = torch.zeros(batch, max_new_tokens, dtype=torch.bool, device=device)
+    active = torch.ones(batch, dtype=torch.bool, device=device)
+    forced = None
+    step_input, step_mask = input_ids, attention_mask
+    for step in range(max_new_tokens):
+        choice_logits = decoder.action_logits(step_input, step_mask).float()
+        if forced is None and actions is not None:
+            forced = _forced_actions(actions, batch, max_new_tokens, choice_logits.shape[-1], device)
+        action = forced[:, step] if forced is not None else choose(choice_logits, temperature, top_k, top_p, generator)
+        action_log_prob = choice_logits.log_softmax(-1).gather(-1, action[:, None]).squeeze(-1)
+        token_logits = decoder.token_logits(step_input, step_mask, action)
+        token = action if token_logits is None else choose(token_logits, token_temperature, generator=generator)
+
+        tokens[:, step] = torch.where(active, token, pad_id)
+        chosen[:, step] = torch.where(active, action, 0)
+        log_probs[:, step] = torch.where(active, action_log_prob, 0.0)
+        mask[:, step] = active
+        ended = torch.isin(token, eos_ids) | stops.hits(tokens[:, : step + 1], active)
+        active = active & ~ended
+        if not bool(active.any()):
+            break
+        step_input = token[:, None]
+        step_mask = torch.ones_like(step_input)
+
+    generated = step + 1
+    tokens, chosen, log_probs, mask = (t[:, :generated] for t in (tokens, chosen, log_probs, mask))
+    return GenerationOutput(
+        sequences=torch.cat([input_ids, tokens], dim=1),
+        attention_mask=torch.cat([attention_mask.bool(), mask], dim=1),
+        tokens=tokens, actions=chosen, action_log_probs=log_probs, mask=mask,
+        finished=~active, prompt_length=prompt_length,
+    )

@@ -1,0 +1,238 @@
+"""Llama-style causal transformer trunk with a key/value cache.
+
+RMSNorm, rotary position embeddings (rotate-half convention), SwiGLU feed-forward, grouped
+key/value heads and PyTorch's scaled-dot-product attention. Every BWArea network and the
+autoregressive baseline are built from `Transformer`.
+
+Padding: batches may be left padded; `attention_mask` (B, T) marks real tokens. Positions are
+counted over real tokens only, so a left-padded row sees the same positions as the unpadded text.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bwarea.config import TransformerConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # written out: F.rms_norm is several times slower on CPU for training-sized inputs
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        return (x * torch.rsqrt(variance + self.eps)).type_as(x) * self.weight
+
+
+class RotaryEmbedding(nn.Module):
+    """Precomputed tables rotating feature pairs (i, i + head_dim/2) of queries and keys.
+
+    The usual x*cos + rotate_half(x)*sin, with rotate_half(x) = [-x2, x1], is computed as
+    x*cos + roll(x, head_dim/2)*[-sin, sin]: fewer kernel launches, which matters when decoding.
+    """
+
+    def __init__(self, head_dim: int, max_positions: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        angles = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv_freq)
+        self.register_buffer("cos", torch.cat([angles.cos(), angles.cos()], dim=-1).float(), persistent=False)
+        self.register_buffer("sin", torch.cat([-angles.sin(), angles.sin()], dim=-1).float(), persistent=False)
+
+    @property
+    def max_positions(self) -> int:
+        return self.cos.shape[0]
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (B, T) or (T,) -> cos, signed sin broadcastable to (B, T, heads, head_dim)."""
+        if positions.numel() and int(positions.max()) >= self.max_positions:
+            raise ValueError(
+                f"position {int(positions.max())} exceeds max_position_embeddings={self.max_positions}; "
+                "shorten the input or build the model with a larger max_position_embeddings."
+            )
+        return self.cos[positions].unsqueeze(-2), self.sin[positions].unsqueeze(-2)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, T, heads, head_dim) by the tables of `RotaryEmbedding`."""
+    return (x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin).to(x.dtype)
+
+
+class KVCache:
+    """Preallocated keys and values for all layers of one trunk.
+
+    `valid` marks which slots hold real tokens (left padding stays invalid) and `next_position`
+    holds, per row, the rotary position the next token will get.
+    """
+
+    def __init__(self, config: TransformerConfig, batch_size: int, max_length: int,
+                 dtype: torch.dtype, device: torch.device | str):
+        shape = (config.num_layers, batch_size, config.num_kv_heads, max_length, config.head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=device)
+        self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.valid.shape[1]
+
+    def reserve(self, token_mask: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """Claim slots for T new tokens (token_mask (B, T) marks real ones); return start slot and positions."""
+        steps = token_mask.shape[1]
+        start = self.length
+        if start + steps > self.capacity:
+            raise ValueError(f"KV cache holds {self.capacity} tokens; cannot append {steps} more after {start}.")
+        self.valid[:, start:start + steps] = token_mask
+        positions = self.next_position[:, None] + token_mask.long().cumsum(-1) - 1
+        positions = positions.clamp(min=0)
+        self.next_position = self.next_position + token_mask.long().sum(-1)
+        self.length = start + steps
+        return start, positions
+
+    def store(self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = start + keys.shape[2]
+        self.keys[layer, :, :, start:end] = keys
+        self.values[layer, :, :, start:end] = values
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+@dataclass
+class AttentionInputs:
+    """What every layer needs for one forward call: rotary tables, mask and the cache slots."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor | None  # (B, 1, T, K) bool, True = may attend; None = no padding to hide
+    causal: bool               # with mask None: causal among the T new tokens (keys = queries), else see all keys
+    cache: KVCache | None = None
+    start: int = 0
+
+
+def _padding_aware_causal_mask(key_valid: torch.Tensor, start: int, steps: int) -> torch.Tensor:
+    """(B, 1, steps, start+steps) mask: causal, real keys only, and every query sees itself.
+
+    Letting a query always see its own slot keeps fully padded rows finite (no all -inf softmax);
+    their outputs are never used.
+    """
+    total = start + steps
+    query_slots = torch.arange(start, total, device=key_valid.device)
+    key_slots = torch.arange(total, device=key_valid.device)
+    causal = key_slots[None, :] <= query_slots[:, None]
+    own_slot = key_slots[None, :] == query_slots[:, None]
+    mask = (causal[None] & key_valid[:, None, :total]) | own_slot[None]
+    return mask[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.qkv = nn.Linear(config.hidden_size, (config.num_heads + 2 * config.num_kv_heads) * self.head_dim, bias=False)
+        self.out = nn.Linear(config.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, inputs: AttentionInputs, layer: int) -> torch.Tensor:
+        batch, steps, _ = x.shape
+        heads = self.num_heads + self.num_kv_heads
+        qkv = self.qkv(x).view(batch, steps, heads + self.num_kv_heads, self.head_dim)
+        qk = apply_rotary(qkv[:, :, :heads], inputs.cos, inputs.sin).transpose(1, 2)
+        q, k = qk[:, : self.num_heads], qk[:, self.num_heads:]
+        v = qkv[:, :, heads:].transpose(1, 2)
+        if inputs.cache is not None:
+            k, v = inputs.cache.store(layer, inputs.start, k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=inputs.mask, is_causal=inputs.causal,
+                                           enable_gqa=self.num_kv_heads != self.num_heads)
+        return self.out(y.transpose(1, 2).reshape(batch, steps, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.gate_up = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attn = Attention(config)
+        self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, x: torch.Tensor, inputs: AttentionInputs, layer: int) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), inputs, layer)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    """Token embedding, `num_layers` blocks and a final RMSNorm (no output head)."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rope = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
+
+    def new_cache(self, batch_size: int, max_length: int) -> KVCache:
+        weight = self.embed.weight
+        dtype = torch.get_autocast_dtype(weight.device.type) if torch.is_autocast_enabled(weight.device.type) else weight.dtype
+        return KVCache(self.config, batch_size, max_length, dtype, weight.device)
+
+    def attention_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                         cache: KVCache | None = None) -> AttentionInputs:
+        """Positions, rotary tables and mask for `input_ids` (B, T); reserves cache slots if a cache is given."""
+        batch, steps = input_ids.shape
+        if cache is not None:
+            token_mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+            start, positions = cache.reserve(token_mask)
+            cos, sin = self.rope(positions)
+            if bool(cache.valid[:, : start + steps].all()) and (start == 0 or steps == 1):
+                # no padding anywhere: a fresh prompt is plainly causal; one new token sees every cached key
+                return AttentionInputs(cos, sin, None, causal=start == 0, cache=cache, start=start)
+            mask = _padding_aware_causal_mask(cache.valid, start, steps)
+            return AttentionInputs(cos, sin, mask, causal=False, cache=cache, start=start)
+        if attention_mask is None or bool(attention_mask.all()):
+            cos, sin = self.rope(torch.arange(steps, device=input_ids.device))
+            return AttentionInputs(cos, sin, None, causal=True)
+        token_mask = attention_mask.bool()
+        positions = (token_mask.long().cumsum(-1) - 1).clamp(min=0)
+        cos, sin = self.rope(positions)
+        return AttentionInputs(cos, sin, _padding_aware_causal_mask(token_mask, 0, steps), causal=False)
+
+    def run_blocks(self, hidden: torch.Tensor, inputs: AttentionInputs, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        stop = len(self.blocks) if stop is None else stop
+        for layer in range(start, stop):
+            hidden = self.blocks[layer](hidden, inputs, layer)
+        return hidden
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        inputs = self.attention_inputs(input_ids, attention_mask, cache)
+        return self.norm(self.run_blocks(self.embed(input_ids), inputs))
+
+
+def init_weights(module: nn.Module, std: float, num_layers: int) -> None:
+    """Normal(0, std) for linear and embedding weights; residual output projections scaled by 1/sqrt(2L)."""
+    for name, sub in module.named_modules():
+        if isinstance(sub, (nn.Linear, nn.Embedding)):
+            scale = 1 / math.sqrt(2 * num_layers) if name.endswith(("attn.out", "mlp.down")) else 1.0
+            nn.init.normal_(sub.weight, mean=0.0, std=std * scale)
+            if isinstance(sub, nn.Linear) and sub.bias is not None:
+                nn.init.zeros_(sub.bias)

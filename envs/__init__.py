@@ -1,0 +1,1 @@
+"""Text environments (TextWorld, Crafter, BIG-Bench Hard) behind one gymnasium API."""

@@ -1,0 +1,38 @@
+"""The `bwarea` command: one entry point that dispatches to a subcommand module.
+
+Each subcommand lives in its own module and exposes ``main(argv: list[str] | None)``; modules are
+imported lazily so `bwarea --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def _usage() -> str:
+    width = max((len(name) for name in COMMANDS), default=0)
+    lines = ["usage: bwarea <command> [options]   (bwarea <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {description}" for name, (_, description) in sorted(COMMANDS.items())]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"bwarea: unknown command {name!r}; choose one of: {', '.join(sorted(COMMANDS))}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    result = module.main(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
