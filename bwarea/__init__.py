@@ -15,13 +15,14 @@ from bwarea.checkpoint import CheckpointError, read_config_dict
 from bwarea.config import ARConfig, BWAreaConfig
 from bwarea.generation import GenerationOutput, generate
 from bwarea.model import BWAreaModel
+from bwarea.scalar_model import ScalarModel, ScalarModelConfig
 from bwarea.tokenizer import load_tokenizer, train_tokenizer
 
-MODEL_CLASSES = {cls.config_class().model_type: cls for cls in (BWAreaModel, ARLanguageModel)}
+MODEL_CLASSES = {cls.config_class().model_type: cls for cls in (BWAreaModel, ARLanguageModel, ScalarModel)}
 
 
-def load_pretrained(directory: str | os.PathLike, map_location: str = "cpu") -> BWAreaModel | ARLanguageModel:
-    """Load whichever model (BWArea or AR baseline) a save_pretrained directory holds."""
+def load_pretrained(directory: str | os.PathLike, map_location: str = "cpu") -> BWAreaModel | ARLanguageModel | ScalarModel:
+    """Load whichever model (BWArea, AR baseline or scalar reward/value model) a save_pretrained directory holds."""
     model_type = read_config_dict(Path(directory)).get("model_type")
     if model_type not in MODEL_CLASSES:
         raise CheckpointError(f"{Path(directory) / 'config.json'}: field 'model_type' is {model_type!r}; "
@@ -31,5 +32,5 @@ def load_pretrained(directory: str | os.PathLike, map_location: str = "cpu") -> 
 
 __all__ = [
     "ARConfig", "ARLanguageModel", "BWAreaConfig", "BWAreaModel", "CheckpointError", "GenerationOutput",
-    "generate", "load_pretrained", "load_tokenizer", "train_tokenizer",
+    "generate", "load_pretrained", "load_tokenizer", "ScalarModel", "ScalarModelConfig", "train_tokenizer",
 ]

@@ -48,7 +48,7 @@ def _check_attention_shape(hidden_size: int, num_heads: int, num_kv_heads: int) 
 
 
 @dataclass
-class _ModelConfigBase:
+class BaseModelConfig:
     """Fields and helpers shared by both model configs (serialised to config.json)."""
 
     vocab_size: int = 4096
@@ -94,7 +94,7 @@ class _ModelConfigBase:
 
 
 @dataclass
-class BWAreaConfig(_ModelConfigBase):
+class BWAreaConfig(BaseModelConfig):
     """World model + inverse dynamics + cognitive policy sharing one width and one action codebook.
 
     world_layers: depth of the language world model; actions are injected before layer world_layers // 2.
@@ -147,7 +147,7 @@ class BWAreaConfig(_ModelConfigBase):
 
 
 @dataclass
-class ARConfig(_ModelConfigBase):
+class ARConfig(BaseModelConfig):
     """Plain autoregressive Llama-style language model (the comparison baseline)."""
 
     num_layers: int = 4
@@ -157,7 +157,7 @@ class ARConfig(_ModelConfigBase):
     @classmethod
     def matching(cls, config: BWAreaConfig) -> "ARConfig":
         """The AR model with the world model's shape (same width, depth, vocabulary and context)."""
-        shared = {name: getattr(config, name) for name in _ModelConfigBase.field_names()}
+        shared = {name: getattr(config, name) for name in BaseModelConfig.field_names()}
         return cls(num_layers=config.world_layers, **shared)
 
     @classmethod

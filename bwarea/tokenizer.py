@@ -8,10 +8,12 @@ models too; `load_tokenizer` accepts a directory holding one.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterable
 
+import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -49,7 +51,13 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
     if not Path(path).is_dir():
         raise FileNotFoundError(f"tokenizer directory {path} does not exist; train one with bwarea.tokenizer.train_tokenizer "
                                 "and save_pretrained it, or point to a local Hugging Face tokenizer directory.")
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    # a model directory's config.json names a model type transformers does not know; reading the tokenizer
+    # class from tokenizer_config.json avoids AutoTokenizer consulting it (and warning)
+    settings = Path(path) / "tokenizer_config.json"
+    class_name = json.loads(settings.read_text()).get("tokenizer_class") if settings.is_file() else None
+    tokenizer_class = getattr(transformers, class_name, None) if class_name else None
+    loader = tokenizer_class if tokenizer_class is not None else AutoTokenizer
+    tokenizer = loader.from_pretrained(str(path), local_files_only=True)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

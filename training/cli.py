@@ -10,7 +10,8 @@ import importlib
 import sys
 
 # name -> (module, one-line description)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("training.generate", "sample text from a saved model, showing the cognitive action behind each token"),}
 
 
 def _usage() -> str:
