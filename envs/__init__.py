@@ -1,1 +1,20 @@
-"""Text environments (TextWorld, Crafter, BIG-Bench Hard) behind one gymnasium API."""
+"""Text environments (TextWorld, Crafter, BIG-Bench Hard) behind one gymnasium API.
+
+    import envs
+    env = envs.make("crafter", seed=0)                       # or "textworld/coin-easy", "bbh/navigate"
+    obs, info = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step("move_left")
+    batch = envs.make_batch("textworld/coin-easy", 8)        # many at once, no auto-reset
+    envs.names()                                             # every valid name
+
+Observations and actions are strings; `info` carries `task`, `score`, `max_score`, `won`, `lost`,
+`invalid_action` and `admissible_actions` where known. `envs.Transcript` renders an episode in the
+one text format shared by corpora, rollouts and agents. Modules: textworld, crafter, crafter_manual,
+crafter_explorer, bbh, transcript, batch, registry, corpus, corruption. User guide: docs/envs.md.
+"""
+
+from envs.batch import BatchEnv
+from envs.registry import PATTERNS, make, make_batch, names
+from envs.transcript import Transcript
+
+__all__ = ["BatchEnv", "PATTERNS", "Transcript", "make", "make_batch", "names"]

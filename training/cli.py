@@ -11,7 +11,10 @@ import sys
 
 # name -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("training.generate", "sample text from a saved model, showing the cognitive action behind each token"),}
+    "data": ("training.data_cli", "build pretraining corpora from TextWorld, Crafter and BIG-Bench Hard"),
+    "generate": ("training.generate", "sample text from a saved model, showing the cognitive action behind each token"),
+    "pretrain": ("training.pretrain", "pretrain BWArea (stage 1: world model + inverse dynamics; stage 2: policy) or the AR baseline"),
+}
 
 
 def _usage() -> str:
