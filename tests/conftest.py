@@ -1,8 +1,10 @@
-"""Test-wide settings: no wandb uploads, no hub downloads, no network beyond loopback."""
+"""Test-wide settings (no wandb uploads, no hub downloads, no network beyond loopback) and the session
+fixtures every package uses: the BIG-Bench Hard copy and a cache of a few small TextWorld games."""
 
 import ipaddress
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +40,28 @@ def _no_network():
     socket.socket.connect = _loopback_only_connect
     yield
     socket.socket.connect = _real_connect
+
+
+REPO = Path(__file__).resolve().parents[1]
+BBH_DIR = (REPO / ".." / "shared" / "data" / "bbh").resolve()
+# (preset, train index) of the games generated once per test session; the first two share a preset.
+SESSION_GAMES = [("coin-easy", 0), ("coin-easy", 1), ("treasure-easy", 0), ("cooking-easy", 0), ("custom-easy", 0)]
+
+
+@pytest.fixture(scope="session")
+def bbh_dir() -> Path:
+    if not (BBH_DIR / "tasks").is_dir():
+        pytest.fail(f"the BIG-Bench Hard copy is expected at {BBH_DIR} (tasks/, cot-prompts/)")
+    return BBH_DIR
+
+
+@pytest.fixture(scope="session")
+def tw_cache(tmp_path_factory) -> Path:
+    """A TextWorld cache holding SESSION_GAMES (generated here, once)."""
+    from envs.textworld import GameCache, game_seed
+
+    directory = tmp_path_factory.mktemp("textworld-cache")
+    cache = GameCache(directory)
+    for preset, index in SESSION_GAMES:
+        assert not cache.get(preset, game_seed("train", index)).from_cache
+    return directory

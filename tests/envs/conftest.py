@@ -1,36 +1,10 @@
-"""Shared fixtures: the BBH data directory, a session cache of a few small TextWorld games, one Crafter env
-and a Crafter "sandbox" (a world of sand with nothing in it, for executing rules one at a time)."""
+"""Environment-test fixtures: one Crafter env and a Crafter "sandbox" (a world of sand with nothing in it,
+for executing rules one at a time). The BBH directory and the TextWorld game cache live in tests/conftest.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-BBH_DIR = (REPO / ".." / "shared" / "data" / "bbh").resolve()
-# (preset, train index) of the games generated once per test session; the first two share a preset.
-SESSION_GAMES = [("coin-easy", 0), ("coin-easy", 1), ("treasure-easy", 0), ("cooking-easy", 0), ("custom-easy", 0)]
-
-
-@pytest.fixture(scope="session")
-def bbh_dir() -> Path:
-    if not (BBH_DIR / "tasks").is_dir():
-        pytest.fail(f"the BIG-Bench Hard copy is expected at {BBH_DIR} (tasks/, cot-prompts/)")
-    return BBH_DIR
-
-
-@pytest.fixture(scope="session")
-def tw_cache(tmp_path_factory) -> Path:
-    """A TextWorld cache holding SESSION_GAMES (generated here, once)."""
-    from envs.textworld import GameCache, game_seed
-
-    directory = tmp_path_factory.mktemp("textworld-cache")
-    cache = GameCache(directory)
-    for preset, index in SESSION_GAMES:
-        assert not cache.get(preset, game_seed("train", index)).from_cache
-    return directory
-
 
 @pytest.fixture(scope="session")
 def crafter_env():

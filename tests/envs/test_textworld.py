@@ -8,7 +8,7 @@ import envs
 import envs.textworld as tw
 from envs.textworld import GameCache, TextWorldEnv, game_seed, seeds, split_of
 
-from .conftest import SESSION_GAMES
+from tests.conftest import SESSION_GAMES
 
 UNKNOWN_VERB = "That's not a verb I recognise."
 

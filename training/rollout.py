@@ -1,0 +1,364 @@
+"""Batched episodes with a language model as the policy, recorded for RL.
+
+Each turn every unfinished environment's prompt is rendered (the task plus the recent transcript,
+`envs.Transcript`, or the observation itself for single-step tasks such as BIG-Bench Hard), the
+prompts are truncated to the model's context, generated as one left-padded batch until a newline,
+and every environment executes its command. Per generated token the engine keeps the action that
+produced it (a cognitive action for BWArea, the token itself for the AR baseline), log pi(action)
+under the sampling policy and, afterwards, under the frozen reference policy; per episode the
+rewards, score and outcome.
+
+The world model decodes greedily given the action (token_temperature 0) by default, so all the
+randomness of an episode is in the policy's actions and a greedy episode (argmax actions) on an
+identical copy of the environment is deterministic — the ReMax baseline.
+
+An environment that raises, or a reward function that raises, drops that episode (recorded in
+`Episode.error`) instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from bwarea import BWAreaModel
+from bwarea.model import chosen_log_probs
+from envs import Transcript
+from training.objectives import RolloutBatch
+
+PROMPT_FORMATS = ("transcript", "observation")
+
+
+@dataclass
+class RolloutConfig:
+    """How episodes are played.
+
+    max_turns: horizon (environment steps) per episode; the environment's own limit may end it earlier.
+    max_new_tokens: tokens generated per turn (a command ends at the first newline).
+    context_tokens: prompt budget in tokens; default = model context - max_new_tokens.
+    history_turns: transcript turns kept in the prompt (fewer when the budget is exceeded).
+    temperature: sampling temperature of the policy's choice (1.0 = on-policy sampling).
+    token_temperature: BWArea's world-model token temperature given the action (0 = greedy).
+    prompt_format: "transcript" (task + recent turns, for multi-turn games) or "observation" (the
+        observation is the whole prompt, for single-step tasks such as BIG-Bench Hard).
+    """
+
+    max_turns: int = 20
+    max_new_tokens: int = 24
+    context_tokens: int | None = None
+    history_turns: int = 4
+    temperature: float = 1.0
+    token_temperature: float = 0.0
+    prompt_format: str = "transcript"
+
+    def __post_init__(self) -> None:
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}.")
+        if self.max_turns < 1 or self.max_new_tokens < 1:
+            raise ValueError("max_turns and max_new_tokens must be at least 1.")
+
+
+@dataclass
+class Turn:
+    prompt_ids: list[int]
+    tokens: list[int]
+    actions: list[int]
+    log_probs: list[float]
+    command: str
+    reward: float = 0.0
+    ref_log_probs: list[float] | None = None
+
+
+@dataclass
+class Episode:
+    seed: int
+    greedy: bool
+    turns: list[Turn] = field(default_factory=list)
+    total_reward: float = 0.0
+    score: float = 0.0
+    max_score: float = 0.0
+    won: bool = False
+    lost: bool = False
+    truncated: bool = False
+    error: str | None = None
+    transcript: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dropped(self) -> bool:
+        return self.error is not None
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(turn.tokens) for turn in self.turns)
+
+    @property
+    def normalised_score(self) -> float:
+        return self.score / self.max_score if self.max_score else float(self.won)
+
+
+class ReferencePolicy:
+    """A frozen copy of the trainable part of a model: BWArea's cognitive policy, or the whole AR model."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.is_bwarea = isinstance(model, BWAreaModel)
+        self.network = copy.deepcopy(model.policy if self.is_bwarea else model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def action_log_probs(self, input_ids: torch.Tensor, actions: torch.Tensor,
+                         attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.is_bwarea:
+            return chosen_log_probs(self.network(input_ids, attention_mask)[:, : actions.shape[1]], actions)
+        return self.network.action_log_probs(input_ids, actions, attention_mask)
+
+
+RewardFunction = Callable[[list[str], list[str]], Sequence[float]]  # (prompts, transcripts) -> episode rewards
+
+
+class RolloutEngine:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, config: RolloutConfig,
+                 reference: ReferencePolicy | None = None, reward_function: RewardFunction | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.reference = reference
+        self.reward_function = reward_function
+        context = model.config.max_position_embeddings - config.max_new_tokens
+        self.context_tokens = min(config.context_tokens or context, context)
+        if self.context_tokens < 8:
+            raise ValueError(f"context of {self.context_tokens} tokens left for prompts: raise the model's "
+                             "max_position_embeddings or lower max_new_tokens.")
+        self.generated_tokens = 0
+
+    # --- prompts ----------------------------------------------------------------------------
+    def _prompt_ids(self, transcript: Transcript, observation: str) -> list[int]:
+        if self.config.prompt_format == "observation":
+            return self.tokenizer(observation)["input_ids"][-self.context_tokens:]
+        for turns in range(min(self.config.history_turns, len(transcript.turns)), -1, -1):
+            ids = self.tokenizer(transcript.prompt(max_turns=turns))["input_ids"]
+            if len(ids) <= self.context_tokens:
+                return ids
+        return ids[-self.context_tokens:]
+
+    def _left_padded(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        length = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(sequences), length), pad, dtype=torch.long)
+        mask = torch.zeros(len(sequences), length, dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            if sequence:
+                ids[row, length - len(sequence):] = torch.tensor(sequence)
+                mask[row, length - len(sequence):] = 1
+        return ids, mask
+
+    # --- episodes ---------------------------------------------------------------------------
+    def run(self, make_env: Callable[[], Any], seeds: Sequence[int], greedy: bool = False,
+            generator: torch.Generator | None = None) -> list[Episode]:
+        """Play one episode per seed, all environments stepping together; greedy = argmax actions."""
+        episodes = [Episode(seed=int(seed), greedy=greedy) for seed in seeds]
+        envs: list[Any] = [None] * len(episodes)
+        transcripts: list[Transcript | None] = [None] * len(episodes)
+        observations = [""] * len(episodes)
+        active: list[int] = []
+        for index, episode in enumerate(episodes):
+            try:
+                envs[index] = make_env()
+                observations[index], info = envs[index].reset(seed=episode.seed)
+                transcripts[index] = Transcript(info.get("task", ""))
+                transcripts[index].observe(observations[index])
+                self._record_info(episode, info)
+                active.append(index)
+            except Exception as error:  # an environment that cannot start is one dropped episode
+                episode.error = _describe(error)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for _ in range(self.config.max_turns):
+                if not active:
+                    break
+                active = self._turn(episodes, envs, transcripts, observations, active, greedy, generator)
+            for index in active:
+                episodes[index].truncated = True
+        finally:
+            self.model.train(was_training)
+            for env in envs:
+                if env is not None:
+                    env.close()
+        for index, episode in enumerate(episodes):
+            if transcripts[index] is not None:
+                episode.transcript = transcripts[index].render()
+        self._apply_reward_function(episodes)
+        if self.reference is not None:
+            self._reference_log_probs([e for e in episodes if not e.dropped])
+        return episodes
+
+    def _turn(self, episodes, envs, transcripts, observations, active, greedy, generator) -> list[int]:
+        prompts = [self._prompt_ids(transcripts[i], observations[i]) for i in active]
+        input_ids, attention_mask = self._left_padded(prompts)
+        output = self.model.generate(
+            input_ids, attention_mask, max_new_tokens=self.config.max_new_tokens,
+            temperature=0.0 if greedy else self.config.temperature, token_temperature=self.config.token_temperature,
+            stop_strings=["\n"], tokenizer=self.tokenizer, generator=generator,
+        )
+        still_active = []
+        for row, index in enumerate(active):
+            episode = episodes[index]
+            keep = output.mask[row]
+            tokens = output.tokens[row][keep].tolist()
+            self.generated_tokens += len(tokens)
+            command = Transcript.parse_command(self.tokenizer.decode(tokens, skip_special_tokens=True))
+            turn = Turn(prompt_ids=prompts[row], tokens=tokens, actions=output.actions[row][keep].tolist(),
+                        log_probs=output.action_log_probs[row][keep].tolist(), command=command)
+            episode.turns.append(turn)
+            try:
+                observation, reward, terminated, truncated, info = envs[index].step(command)
+            except Exception as error:  # a crashing environment drops the episode, not the run
+                episode.error = _describe(error)
+                continue
+            turn.reward = float(reward)
+            episode.total_reward += turn.reward
+            self._record_info(episode, info)
+            transcripts[index].step(command, observation)
+            observations[index] = observation
+            if terminated or truncated:
+                episode.truncated = bool(truncated and not terminated)
+            else:
+                still_active.append(index)
+        return still_active
+
+    @staticmethod
+    def _record_info(episode: Episode, info: dict[str, Any]) -> None:
+        episode.score = float(info.get("score", episode.total_reward) or 0.0)
+        episode.max_score = float(info.get("max_score", 0.0) or 0.0)
+        episode.won = bool(info.get("won", False))
+        episode.lost = bool(info.get("lost", False))
+        episode.info = {k: v for k, v in info.items() if k in ("achievements", "target", "prediction", "game_seed", "index")}
+
+    def _apply_reward_function(self, episodes: list[Episode]) -> None:
+        """Replace environment rewards by the reward function's score of each whole episode (on its last turn)."""
+        scored = [e for e in episodes if not e.dropped and e.turns]
+        if self.reward_function is None or not scored:
+            return
+        try:
+            rewards = [float(r) for r in self.reward_function([e.transcript for e in scored], [e.turns[-1].command for e in scored])]
+            if len(rewards) != len(scored):
+                raise ValueError(f"reward function returned {len(rewards)} rewards for {len(scored)} episodes")
+        except Exception as error:  # a failing reward model drops these episodes; training goes on
+            for episode in scored:
+                episode.error = "reward function failed: " + _describe(error)
+            return
+        for episode, reward in zip(scored, rewards):
+            for turn in episode.turns:
+                turn.reward = 0.0
+            episode.turns[-1].reward = reward
+            episode.total_reward = reward
+
+    # --- log-probabilities --------------------------------------------------------------------
+    def turn_batch(self, turns: list[Turn]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded prompt+generation sequences, aligned actions and the mask of generated positions."""
+        ids, mask = self._left_padded([t.prompt_ids + t.tokens for t in turns])
+        actions = torch.zeros(len(turns), ids.shape[1] - 1, dtype=torch.long)
+        generated = torch.zeros_like(actions, dtype=torch.bool)
+        for row, turn in enumerate(turns):
+            count = len(turn.tokens)
+            actions[row, -count:] = torch.tensor(turn.actions)
+            generated[row, -count:] = True
+        return ids, mask, actions, generated
+
+    def _reference_log_probs(self, episodes: list[Episode]) -> None:
+        turns = [turn for episode in episodes for turn in episode.turns]
+        for start in range(0, len(turns), 32):
+            chunk = turns[start:start + 32]
+            ids, mask, actions, generated = self.turn_batch(chunk)
+            log_probs, _ = self.reference.action_log_probs(ids, actions, mask)
+            for row, turn in enumerate(chunk):
+                turn.ref_log_probs = log_probs[row][generated[row]].tolist()
+
+    def policy_log_probs(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, torch.Tensor]:
+        """log pi(a_t | s_t) with gradients and the policy entropy, (B, T) over each episode's generated tokens."""
+        turns = [turn for episode in episodes for turn in episode.turns]
+        ids, mask, actions, generated = self.turn_batch(turns)
+        log_probs, entropy = self.model.action_log_probs(ids, actions, mask)
+        return per_episode(episodes, log_probs[generated], entropy[generated])
+
+    def values(self, value_model: torch.nn.Module, episodes: Sequence[Episode]) -> torch.Tensor:
+        """V(s_t) (B, T) at every generated action position: the value model read where the policy chose."""
+        turns = [turn for episode in episodes for turn in episode.turns]
+        ids, mask, _, generated = self.turn_batch(turns)
+        return per_episode(episodes, value_model(ids, mask)[:, :-1][generated])[0]
+
+
+def per_episode(episodes: Sequence[Episode], *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Scatter flat per-token values (episode-major, turn order) into (B, T) tensors padded with zeros."""
+    lengths = [episode.num_tokens for episode in episodes]
+    width = max(lengths, default=0)
+    results = []
+    for values in flat:
+        padded = values.new_zeros(len(episodes), width)
+        padded[_token_mask(lengths, width)] = values
+        results.append(padded)
+    return tuple(results)
+
+
+def _token_mask(lengths: Sequence[int], width: int) -> torch.Tensor:
+    return torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def build_rollout_batch(episodes: Sequence[Episode], log_probs: torch.Tensor, entropy: torch.Tensor | None = None,
+                        baseline_returns: Sequence[float] | None = None) -> RolloutBatch:
+    """The objective's input for `episodes` (all kept, none dropped), given recomputed log-probs (B, T)."""
+    lengths = [episode.num_tokens for episode in episodes]
+    width = log_probs.shape[1]
+    mask = _token_mask(lengths, width)
+    token_rewards = torch.zeros(len(episodes), width)
+    old_log_probs = torch.zeros(len(episodes), width)
+    have_reference = all(turn.ref_log_probs is not None for episode in episodes for turn in episode.turns)
+    ref_log_probs = torch.zeros(len(episodes), width) if have_reference else None
+    for row, episode in enumerate(episodes):
+        position = 0
+        for turn in episode.turns:
+            span = slice(position, position + len(turn.tokens))
+            old_log_probs[row, span] = torch.tensor(turn.log_probs)
+            if ref_log_probs is not None:
+                ref_log_probs[row, span] = torch.tensor(turn.ref_log_probs)
+            position += len(turn.tokens)
+            token_rewards[row, position - 1] += turn.reward  # a turn's reward lands on its last token
+    return RolloutBatch(
+        log_probs=log_probs, mask=mask, token_rewards=token_rewards, old_log_probs=old_log_probs,
+        ref_log_probs=ref_log_probs, entropy=entropy,
+        baseline_returns=None if baseline_returns is None else torch.tensor(list(baseline_returns), dtype=torch.float32),
+    )
+
+
+@dataclass
+class EpisodeSummary:
+    episodes: int
+    dropped: int
+    mean_reward: float
+    success_rate: float
+    normalised_score: float
+    mean_turns: float
+    tokens: int
+
+
+def summarize(episodes: Sequence[Episode]) -> EpisodeSummary:
+    kept = [e for e in episodes if not e.dropped]
+    count = max(len(kept), 1)
+    return EpisodeSummary(
+        episodes=len(kept), dropped=len(episodes) - len(kept),
+        mean_reward=sum(e.total_reward for e in kept) / count,
+        success_rate=sum(e.won for e in kept) / count,
+        normalised_score=sum(e.normalised_score for e in kept) / count,
+        mean_turns=sum(len(e.turns) for e in kept) / count,
+        tokens=sum(e.num_tokens for e in kept),
+    )
+
+
+def _describe(error: Exception) -> str:
+    frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+    where = f" ({frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})" if frame else ""
+    return f"{type(error).__name__}: {error}{where}"
