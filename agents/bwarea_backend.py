@@ -1,0 +1,76 @@
+"""This project's own models (BWArea, AR baseline) as a text-completion backend.
+
+    backend = BWAreaBackend(BWAreaBackendConfig(model="runs/tiny/export"))   # a save_pretrained directory
+
+The request's `temperature` is the temperature of the model's choice: the cognitive action for
+BWArea (the release used 2.0), the next token for the AR baseline; `token_temperature` (BWArea only)
+is how the world model picks the token given the action (0 = greedy). Stop strings end a row; the
+returned text stops before them. For BWArea every completion's metadata holds the latent action
+behind each generated token (`actions`) and its log-probability under the policy
+(`action_log_probs`), aligned with `token_ids`.
+
+Chat requests: our tokenizers have no chat template, so messages are rendered as plain text
+("System: ...", "User: ...", then "Assistant:"); a model trained on game transcripts is usually
+better served by raw prompts (see `agents.direct_agent`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import bwarea
+from agents.local_backend import GeneratedRow, LocalBackend
+
+
+@dataclass
+class BWAreaBackendConfig:
+    """model: directory written by save_pretrained (model + tokenizer).
+    token_temperature: BWArea only, world-model token temperature given the action (0 = greedy).
+    top_k / top_p: truncation of the choice's distribution. max_context: prompt + generated tokens
+    (default: the model's max_position_embeddings). seed: seeds sampling."""
+
+    model: str
+    token_temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    device: str = "cpu"
+    max_context: int | None = None
+    max_batch_size: int = 16
+    chat_template: bool = True
+    seed: int = 0
+
+
+class BWAreaBackend(LocalBackend):
+    def __init__(self, config: BWAreaBackendConfig) -> None:
+        model = bwarea.load_pretrained(config.model, map_location=config.device)
+        if not isinstance(model, (bwarea.BWAreaModel, bwarea.ARLanguageModel)):
+            raise ValueError(f"{config.model} holds a {type(model).__name__}, which does not generate text; "
+                             "give a BWArea or AR baseline checkpoint.")
+        tokenizer = bwarea.load_tokenizer(config.model)
+        super().__init__(tokenizer, config.max_context or model.config.max_position_embeddings, config.max_batch_size,
+                         config.chat_template, config.seed)
+        self.model = model.eval()
+        self.config = config
+        self.name = f"bwarea:{config.model}"
+        self.is_bwarea = isinstance(model, bwarea.BWAreaModel)
+
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+                  stop: tuple[str, ...]) -> list[GeneratedRow]:
+        device = torch.device(self.config.device)
+        input_ids, attention_mask = self.left_pad(prompts)
+        output = self.model.generate(
+            input_ids.to(device), attention_mask.to(device), max_new_tokens=max_new_tokens, temperature=temperature,
+            top_k=self.config.top_k, top_p=self.config.top_p, token_temperature=self.config.token_temperature,
+            stop_strings=stop, tokenizer=self.tokenizer, pad_token_id=self.pad_id,
+            generator=torch.Generator(device).manual_seed(self.seed + self._calls))
+        rows = []
+        for row in range(output.tokens.shape[0]):
+            keep = output.mask[row]
+            metadata = {}
+            if self.is_bwarea:
+                metadata = {"token_ids": output.tokens[row][keep].tolist(), "actions": output.actions[row][keep].tolist(),
+                            "action_log_probs": [round(x, 5) for x in output.action_log_probs[row][keep].tolist()]}
+            rows.append(GeneratedRow(output.tokens[row][keep].tolist(), bool(output.finished[row]), metadata))
+        return rows

@@ -1,0 +1,86 @@
+"""DAG prompting agents: SPRING on Crafter, chain-of-thought DAGs on TextWorld and BIG-Bench Hard.
+
+    agent = DAGAgent(backend, DAGAgentConfig(dag="configs/agents/spring.yaml", context=ContextConfig()))
+
+At every step the agent answers the question DAG for each environment of the batch (nodes of one
+topological generation across all environments go to the backend in one call, see agents/dag.py)
+and turns the sink's answer into an action. With a `context` the agent first runs SPRING's reading
+step on the document (agents/context.py, cached on disk) and shows the result to every node.
+A node whose request failed is recorded as a fault and answered with an empty string; its children
+still run. If the sink failed, the step takes the fallback action.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from agents.base import LLMAgent, LLMAgentConfig, Slot
+from agents.context import ContextConfig, ContextResult, build_context, load_document
+from agents.dag import EXECUTION_MODES, DAGInput, QuestionDAG, fill, run_dag
+from agents.llm import Backend
+from agents.trace import StepTrace
+
+
+@dataclass
+class DAGAgentConfig(LLMAgentConfig):
+    """dag: the DAG declaration (a mapping with `nodes`) or a path to a YAML file holding one (top level
+    or under `dag:`). context: SPRING's reading step (None: no background context).
+    execution: "batched" (by topological generations, across environments) or "sequential"."""
+
+    dag: dict[str, Any] | str | None = None
+    context: ContextConfig | None = None
+    execution: str = "batched"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dag is None:
+            raise ValueError("a DAG agent needs `dag`: a mapping with `nodes`, or a path to a YAML file with one.")
+        if self.execution not in EXECUTION_MODES:
+            raise ValueError(f"execution {self.execution!r} is unknown; choose one of {', '.join(EXECUTION_MODES)}.")
+        if isinstance(self.context, dict):
+            self.context = ContextConfig(**self.context)
+
+
+def load_dag(dag: dict[str, Any] | str | Path) -> QuestionDAG:
+    if isinstance(dag, dict):
+        return QuestionDAG.from_dict(dag.get("dag", dag), name=str(dag.get("name", "dag")))
+    path = Path(dag)
+    if not path.is_file():
+        raise FileNotFoundError(f"DAG file {path} does not exist; give a YAML file with a `nodes` list.")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict) and isinstance(data.get("agent"), dict) and "dag" in data["agent"]:
+        data = data["agent"]["dag"]  # an agent config file: use its DAG
+    return QuestionDAG.from_dict(data.get("dag", data) if isinstance(data, dict) else data, name=path.stem)
+
+
+class DAGAgent(LLMAgent):
+    name = "dag"
+
+    def __init__(self, backend: Backend, config: DAGAgentConfig) -> None:
+        super().__init__(backend, config)
+        self.config: DAGAgentConfig = config
+        self.dag = QuestionDAG.load(config.dag)
+        self.context: ContextResult | None = None
+
+    def prepare(self) -> ContextResult | None:
+        """Build (or load from the cache) the background context now rather than on the first step."""
+        if self.config.context is not None and self.context is None:
+            self.context = build_context(load_document(self.config.context.document), self.backend, self.config.context)
+        return self.context
+
+    def _decide(self, traces: list[StepTrace], slots: list[Slot], infos: list[dict[str, Any]]) -> int:
+        context = self.prepare()
+        states = []
+        for slot, info in zip(slots, infos):
+            variables = self.variables(info)
+            states.append(DAGInput(system=fill(self.config.system, variables), context=context.text if context else "",
+                                   observations=self.recent(slot), variables=variables))
+        results = run_dag(self.dag, self.backend, states, self.config.max_tokens, self.config.temperature,
+                          self.config.execution, self.config.stop)
+        for trace, result, info in zip(traces, results, infos):
+            trace.nodes = result.traces
+            trace.faults = [f"node {t.node}: {t.error}" for t in result.traces if t.error]
+            sink = next(t for t in result.traces if t.node == self.dag.sink)
+            self.resolve(trace, sink.answer, sink.error, info)
+        return results[0].rounds if results else 0

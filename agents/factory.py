@@ -1,0 +1,144 @@
+"""Agents and backends from configuration: the one entry point for `bwarea evaluate` / `bwarea play`.
+
+    agent = make_agent("spring")                                   # configs/agents/spring.yaml
+    agent = make_agent("my_agent.yaml", overrides={"backend": {"type": "openai", "base_url": "...", "model": "..."}})
+    agent = make_agent({"agent": {"type": "random", "seed": 3}})
+
+A config has an `agent` section (its `type` picks the agent class, the other keys fill its config
+dataclass) and, for language-model agents, a `backend` section (its `type` picks the backend).
+Unknown keys are errors that list the valid ones. A relative `dag` or `context.document` path is
+resolved against the config file's directory when the file exists there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agents.base import Agent
+from agents.baselines import (HumanAgent, HumanAgentConfig, RandomAgent, RandomAgentConfig, WalkthroughAgent,
+                              WalkthroughAgentConfig)
+from agents.dag_agent import DAGAgent, DAGAgentConfig
+from agents.direct_agent import DirectAgent, DirectAgentConfig
+from agents.llm import Backend
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "agents"
+
+AGENTS: dict[str, tuple[type, type, bool]] = {   # type -> (config class, agent class, needs a backend)
+    "dag": (DAGAgentConfig, DAGAgent, True),
+    "direct": (DirectAgentConfig, DirectAgent, True),
+    "random": (RandomAgentConfig, RandomAgent, False),
+    "walkthrough": (WalkthroughAgentConfig, WalkthroughAgent, False),
+    "human": (HumanAgentConfig, HumanAgent, False),
+}
+BACKENDS = ("transformers", "openai", "bwarea")
+
+
+def _backend_classes(kind: str) -> tuple[type, type]:
+    """Imported on demand: the HTTP backend should not pay for torch/transformers imports and vice versa."""
+    if kind == "transformers":
+        from agents.transformers_backend import TransformersBackend, TransformersConfig
+        return TransformersConfig, TransformersBackend
+    if kind == "openai":
+        from agents.http_backend import OpenAIBackend, OpenAIConfig
+        return OpenAIConfig, OpenAIBackend
+    if kind == "bwarea":
+        from agents.bwarea_backend import BWAreaBackend, BWAreaBackendConfig
+        return BWAreaBackendConfig, BWAreaBackend
+    raise ValueError(f"backend type {kind!r} is unknown; choose one of: {', '.join(BACKENDS)}.")
+
+
+def build_dataclass(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    """cls(**values) with a clear error for unknown or missing keys."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}.")
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else in `overrides` replaces. A section whose `type`
+    changes (e.g. backend transformers -> openai) is replaced as a whole: the old type's options do not apply."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        old = merged.get(key)
+        same_kind = isinstance(old, Mapping) and old.get("type") == value.get("type", old.get("type")) \
+            if isinstance(value, Mapping) else False
+        merged[key] = merge(old, value) if same_kind else value
+    return merged
+
+
+def config_path(name: str | os.PathLike) -> Path:
+    """A YAML path, or the bare name of a file in configs/agents/ ("spring" -> configs/agents/spring.yaml)."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    bundled = CONFIG_DIR / f"{name}.yaml"
+    if bundled.is_file():
+        return bundled
+    available = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise FileNotFoundError(f"agent config {name!r} is neither a file nor a name in {CONFIG_DIR} ({available}).")
+
+
+def load_config(source: Mapping[str, Any] | str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The config as a dict (from a mapping, a YAML path or a bundled name), with overrides merged in."""
+    if isinstance(source, Mapping):
+        config, base_dir = dict(source), None
+    else:
+        path = config_path(source)
+        config, base_dir = yaml.safe_load(path.read_text(encoding="utf-8")) or {}, path.parent
+        if not isinstance(config, dict):
+            raise ValueError(f"{path}: an agent config is a mapping with `agent` (and `backend`) sections.")
+    config = merge(config, overrides or {})
+    if not isinstance(config.get("agent"), Mapping) or "type" not in config["agent"]:
+        raise ValueError(f"an agent config needs an `agent` section with a `type` ({', '.join(AGENTS)}).")
+    if base_dir is not None:
+        agent = config["agent"] = dict(config["agent"])
+        if isinstance(agent.get("dag"), str):
+            agent["dag"] = _relative(agent["dag"], base_dir)
+        if isinstance(agent.get("context"), Mapping) and isinstance(agent["context"].get("document"), str):
+            agent["context"] = {**agent["context"], "document": _relative(agent["context"]["document"], base_dir)}
+    return config
+
+
+def _relative(value: str, base_dir: Path) -> str:
+    candidate = base_dir / value
+    return str(candidate) if not Path(value).is_absolute() and candidate.is_file() else value
+
+
+def make_backend(config: Mapping[str, Any]) -> Backend:
+    """A backend from its config section: `type` (transformers / openai / bwarea) plus that backend's options."""
+    values = dict(config)
+    kind = values.pop("type", None)
+    config_class, backend_class = _backend_classes(str(kind))
+    return backend_class(build_dataclass(config_class, values, f"backend ({kind})"))
+
+
+def make_agent(source: Mapping[str, Any] | str | os.PathLike, backend: Backend | None = None,
+               overrides: Mapping[str, Any] | None = None, **agent_options: Any) -> Agent:
+    """An agent from a config (mapping, YAML path or bundled name). `backend` replaces the config's backend
+    section (share one loaded model between agents); `agent_options` go to the agent's constructor
+    (e.g. input_stream= for the human agent)."""
+    config = load_config(source, overrides)
+    values = dict(config["agent"])
+    kind = values.pop("type")
+    if kind not in AGENTS:
+        raise ValueError(f"agent type {kind!r} is unknown; choose one of: {', '.join(AGENTS)}.")
+    config_class, agent_class, needs_backend = AGENTS[kind]
+    agent_config = build_dataclass(config_class, values, f"agent ({kind})")
+    if not needs_backend:
+        return agent_class(agent_config, **agent_options)
+    if backend is None:
+        if not isinstance(config.get("backend"), Mapping):
+            raise ValueError(f"a {kind} agent needs a `backend` section (type: {' / '.join(BACKENDS)}) or backend=.")
+        backend = make_backend(config["backend"])
+    return agent_class(backend, agent_config, **agent_options)

