@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/bwarea demo
+	$(BIN)/bwarea quickstart --config configs/quickstart/default.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -19,8 +19,9 @@ fallback action and its trace records why.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +123,18 @@ class Agent:
         if len(observation) <= self.max_observation_chars:
             return observation
         return observation[:self.max_observation_chars] + " [...]"
+
+
+def build_dataclass(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    """cls(**values) with a clear error naming `where` for unknown or missing keys."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}.")
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 def fallback_for(info: dict[str, Any], fallback_action: str | None) -> str:

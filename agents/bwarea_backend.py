@@ -5,9 +5,10 @@
 The request's `temperature` is the temperature of the model's choice: the cognitive action for
 BWArea (the release used 2.0), the next token for the AR baseline; `token_temperature` (BWArea only)
 is how the world model picks the token given the action (0 = greedy). Stop strings end a row; the
-returned text stops before them. For BWArea every completion's metadata holds the latent action
-behind each generated token (`actions`) and its log-probability under the policy
-(`action_log_probs`), aligned with `token_ids`.
+returned text stops before them. For BWArea every completion's metadata holds, per generated token
+and aligned: `token_ids`, `tokens` (each decoded alone, for display), the latent action behind it
+(`actions`) and that action's log-probability under the policy (`action_log_probs`); a trace gives
+them as `NodeTrace.token_actions()`.
 
 Chat requests: our tokenizers have no chat template, so messages are rendered as plain text
 ("System: ...", "User: ...", then "Assistant:"); a model trained on game transcripts is usually
@@ -56,12 +57,12 @@ class BWAreaBackend(LocalBackend):
         self.name = f"bwarea:{config.model}"
         self.is_bwarea = isinstance(model, bwarea.BWAreaModel)
 
-    def _generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+    def _generate(self, prompts: list[list[int]], budgets: list[int], temperature: float,
                   stop: tuple[str, ...]) -> list[GeneratedRow]:
         device = torch.device(self.config.device)
         input_ids, attention_mask = self.left_pad(prompts)
         output = self.model.generate(
-            input_ids.to(device), attention_mask.to(device), max_new_tokens=max_new_tokens, temperature=temperature,
+            input_ids.to(device), attention_mask.to(device), max_new_tokens=max(budgets), temperature=temperature,
             top_k=self.config.top_k, top_p=self.config.top_p, token_temperature=self.config.token_temperature,
             stop_strings=stop, tokenizer=self.tokenizer, pad_token_id=self.pad_id,
             generator=torch.Generator(device).manual_seed(self.seed + self._calls))
@@ -69,8 +70,10 @@ class BWAreaBackend(LocalBackend):
         for row in range(output.tokens.shape[0]):
             keep = output.mask[row]
             metadata = {}
+            token_ids = output.tokens[row][keep].tolist()
             if self.is_bwarea:
-                metadata = {"token_ids": output.tokens[row][keep].tolist(), "actions": output.actions[row][keep].tolist(),
+                metadata = {"token_ids": token_ids, "tokens": [self.tokenizer.decode([t]) for t in token_ids],
+                            "actions": output.actions[row][keep].tolist(),
                             "action_log_probs": [round(x, 5) for x in output.action_log_probs[row][keep].tolist()]}
-            rows.append(GeneratedRow(output.tokens[row][keep].tolist(), bool(output.finished[row]), metadata))
+            rows.append(GeneratedRow(token_ids, bool(output.finished[row]), metadata))
         return rows

@@ -203,7 +203,8 @@ def run_dag(dag: QuestionDAG, backend: Backend, states: Sequence[DAGInput], max_
     for round_index, wave in enumerate(waves):
         requests = [node_request(dag, node_id, states[i], answers[i], max_tokens, temperature, stop) for i, node_id in wave]
         for (i, node_id), request, completion in zip(wave, requests, backend.complete(requests)):
-            trace = NodeTrace.of(node_id, request, completion, round_index)
+            trace = NodeTrace.of(node_id, request, completion, round_index,
+                                 question=fill(dag.nodes[node_id].question, states[i].variables))
             trace.answer = answers[i][node_id] = clean_answer(completion.text)
             traces[i].append(trace)
     return [DAGResult(answers[i], traces[i], len(waves)) for i in range(len(states))]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from agents.base import LLMAgent, LLMAgentConfig, Slot
+from agents.base import LLMAgent, LLMAgentConfig, Slot, build_dataclass
 from agents.context import ContextConfig, ContextResult, build_context, load_document
 from agents.dag import EXECUTION_MODES, DAGInput, QuestionDAG, fill, run_dag
 from agents.llm import Backend
@@ -39,19 +39,7 @@ class DAGAgentConfig(LLMAgentConfig):
         if self.execution not in EXECUTION_MODES:
             raise ValueError(f"execution {self.execution!r} is unknown; choose one of {', '.join(EXECUTION_MODES)}.")
         if isinstance(self.context, dict):
-            self.context = ContextConfig(**self.context)
-
-
-def load_dag(dag: dict[str, Any] | str | Path) -> QuestionDAG:
-    if isinstance(dag, dict):
-        return QuestionDAG.from_dict(dag.get("dag", dag), name=str(dag.get("name", "dag")))
-    path = Path(dag)
-    if not path.is_file():
-        raise FileNotFoundError(f"DAG file {path} does not exist; give a YAML file with a `nodes` list.")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if isinstance(data, dict) and isinstance(data.get("agent"), dict) and "dag" in data["agent"]:
-        data = data["agent"]["dag"]  # an agent config file: use its DAG
-    return QuestionDAG.from_dict(data.get("dag", data) if isinstance(data, dict) else data, name=path.stem)
+            self.context = build_dataclass(ContextConfig, self.context, "agent (dag) context")
 
 
 class DAGAgent(LLMAgent):

@@ -2,7 +2,7 @@
 
 Prompt styles:
 - "chat": system text, then the recent history and an instruction as the user message;
-- "transcript": a raw prompt in the shared transcript format (envs/transcript.py) ending in "> ",
+- "transcript": a raw prompt in the shared transcript format (envs/transcript.py) ending in "\n>",
   stopped at the newline — the format this project's own models are pretrained on;
 - "observation": the current observation as the raw prompt (BIG-Bench Hard, whose observation
   already is the question prompt).

@@ -7,12 +7,12 @@
 A config has an `agent` section (its `type` picks the agent class, the other keys fill its config
 dataclass) and, for language-model agents, a `backend` section (its `type` picks the backend).
 Unknown keys are errors that list the valid ones. A relative `dag` or `context.document` path is
-resolved against the config file's directory when the file exists there.
+resolved against the config file's directory when the file exists there; `dag` may also be the bare
+name of a bundled config ("spring": the DAG of configs/agents/spring.yaml).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,12 +20,15 @@ from typing import Any
 
 import yaml
 
-from agents.base import Agent
+from agents.base import Agent, build_dataclass
 from agents.baselines import (HumanAgent, HumanAgentConfig, RandomAgent, RandomAgentConfig, WalkthroughAgent,
                               WalkthroughAgentConfig)
+from agents.bwarea_backend import BWAreaBackend, BWAreaBackendConfig
 from agents.dag_agent import DAGAgent, DAGAgentConfig
 from agents.direct_agent import DirectAgent, DirectAgentConfig
+from agents.http_backend import OpenAIBackend, OpenAIConfig
 from agents.llm import Backend
+from agents.transformers_backend import TransformersBackend, TransformersConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "agents"
 
@@ -36,33 +39,11 @@ AGENTS: dict[str, tuple[type, type, bool]] = {   # type -> (config class, agent 
     "walkthrough": (WalkthroughAgentConfig, WalkthroughAgent, False),
     "human": (HumanAgentConfig, HumanAgent, False),
 }
-BACKENDS = ("transformers", "openai", "bwarea")
-
-
-def _backend_classes(kind: str) -> tuple[type, type]:
-    """Imported on demand: the HTTP backend should not pay for torch/transformers imports and vice versa."""
-    if kind == "transformers":
-        from agents.transformers_backend import TransformersBackend, TransformersConfig
-        return TransformersConfig, TransformersBackend
-    if kind == "openai":
-        from agents.http_backend import OpenAIBackend, OpenAIConfig
-        return OpenAIConfig, OpenAIBackend
-    if kind == "bwarea":
-        from agents.bwarea_backend import BWAreaBackend, BWAreaBackendConfig
-        return BWAreaBackendConfig, BWAreaBackend
-    raise ValueError(f"backend type {kind!r} is unknown; choose one of: {', '.join(BACKENDS)}.")
-
-
-def build_dataclass(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    """cls(**values) with a clear error for unknown or missing keys."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}.")
-    try:
-        return cls(**values)
-    except TypeError as error:
-        raise ValueError(f"{where}: {error}") from None
+BACKENDS: dict[str, tuple[type, type]] = {     # type -> (config class, backend class)
+    "transformers": (TransformersConfig, TransformersBackend),
+    "openai": (OpenAIConfig, OpenAIBackend),
+    "bwarea": (BWAreaBackendConfig, BWAreaBackend),
+}
 
 
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,25 +82,30 @@ def load_config(source: Mapping[str, Any] | str | os.PathLike, overrides: Mappin
     config = merge(config, overrides or {})
     if not isinstance(config.get("agent"), Mapping) or "type" not in config["agent"]:
         raise ValueError(f"an agent config needs an `agent` section with a `type` ({', '.join(AGENTS)}).")
-    if base_dir is not None:
-        agent = config["agent"] = dict(config["agent"])
-        if isinstance(agent.get("dag"), str):
-            agent["dag"] = _relative(agent["dag"], base_dir)
-        if isinstance(agent.get("context"), Mapping) and isinstance(agent["context"].get("document"), str):
-            agent["context"] = {**agent["context"], "document": _relative(agent["context"]["document"], base_dir)}
+    agent = config["agent"] = dict(config["agent"])
+    if isinstance(agent.get("dag"), str):
+        agent["dag"] = _resolve(agent["dag"], base_dir, bundled=True)
+    if isinstance(agent.get("context"), Mapping) and isinstance(agent["context"].get("document"), str):
+        agent["context"] = {**agent["context"], "document": _resolve(agent["context"]["document"], base_dir)}
     return config
 
 
-def _relative(value: str, base_dir: Path) -> str:
-    candidate = base_dir / value
-    return str(candidate) if not Path(value).is_absolute() and candidate.is_file() else value
+def _resolve(value: str, base_dir: Path | None, bundled: bool = False) -> str:
+    """A relative path found next to the config file, else (bundled=True) the bare name of a config in
+    configs/agents/ ("spring"), else `value` unchanged (relative to the working directory)."""
+    if Path(value).expanduser().is_absolute():
+        return value
+    candidates = ([base_dir / value] if base_dir is not None else []) + ([CONFIG_DIR / f"{value}.yaml"] if bundled else [])
+    return next((str(c) for c in candidates if c.is_file()), value)
 
 
 def make_backend(config: Mapping[str, Any]) -> Backend:
     """A backend from its config section: `type` (transformers / openai / bwarea) plus that backend's options."""
     values = dict(config)
     kind = values.pop("type", None)
-    config_class, backend_class = _backend_classes(str(kind))
+    if kind not in BACKENDS:
+        raise ValueError(f"backend type {kind!r} is unknown; choose one of: {', '.join(BACKENDS)}.")
+    config_class, backend_class = BACKENDS[kind]
     return backend_class(build_dataclass(config_class, values, f"backend ({kind})"))
 
 

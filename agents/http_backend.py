@@ -41,7 +41,8 @@ class OpenAIConfig:
     (None for servers without authentication). timeout_s: per socket operation (connect, each read).
     max_retries: retries after the first attempt. backoff_s / max_backoff_s: first and largest wait.
     concurrency: requests in flight at once. retry_empty: treat empty content as a failure to retry.
-    extra_body: more JSON fields for every request (e.g. {"top_p": 0.9, "seed": 0})."""
+    extra_body: more JSON fields for every request (e.g. {"top_p": 0.9, "seed": 0}).
+    seed: of the backoff jitter (not sent to the server; use extra_body for that)."""
 
     base_url: str
     model: str

@@ -2,7 +2,8 @@
 
 A batch of requests is split into groups that can share one `generate` call (same temperature and
 stop strings; up to `max_batch_size` rows). Each group generates up to its largest `max_tokens`;
-rows asking for fewer tokens are cut to their own budget afterwards. Chat requests use the
+`_generate` gets every row's own budget (the transformers backend ends a row there, so a call stops
+once every row is done) and rows are cut to their own budget afterwards. Chat requests use the
 tokenizer's chat template when it has one (and `chat_template` is on); otherwise they are rendered
 as plain "Role: content" text ending in "Assistant:" (see `llm.render_plain_chat`). Prompts longer
 than the model's context minus the generation budget lose their oldest tokens; the completion's
@@ -106,7 +107,7 @@ class LocalBackend(Backend):
             # a private RNG stream per call: reproducible sampling without touching the caller's global state
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed + self._calls)
-                rows = self._generate(prompts, max_new, temperature, stop)
+                rows = self._generate(prompts, [r.max_tokens for r in requests], temperature, stop)
         except (RuntimeError, ValueError) as error:  # e.g. out of memory, or a tokenizer refusing a prompt
             return [failed(f"{type(error).__name__}: {error}", time.perf_counter() - start) for _ in requests]
         elapsed = time.perf_counter() - start
@@ -125,6 +126,7 @@ class LocalBackend(Backend):
         return completions
 
     @abstractmethod
-    def _generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+    def _generate(self, prompts: list[list[int]], budgets: list[int], temperature: float,
                   stop: tuple[str, ...]) -> list[GeneratedRow]:
-        """Continue each prompt (token ids, unpadded) by up to `max_new_tokens` tokens."""
+        """Continue each prompt (token ids, unpadded) by up to its budget of new tokens (rows may return more:
+        they are cut afterwards)."""

@@ -1,7 +1,21 @@
 """What one agent step leaves behind: prompts and answers per node, the parsed action, tokens, latency, faults.
 
+    trace = agent.last_traces[0]                 # StepTrace: one environment, one step
+    trace.action, trace.answer, trace.parse_method, trace.fallback, trace.faults
+    for node in trace.nodes:                     # NodeTrace: one backend request (a DAG node, or "answer")
+        print(node.node, node.question, "->", node.answer)
+        for token, action, log_prob in node.token_actions():   # BWArea backend only, else empty
+            ...
+
 Records are plain dataclasses; `to_dict()` gives JSON-ready data (`json.dumps(trace.to_dict())`), one
 line per step in a JSONL log is the intended storage.
+
+`NodeTrace.metadata` is what the backend reported beyond text and token counts. In-process backends:
+`prompt_truncated` (prompt tokens dropped to fit the context), `shared_prefix_tokens` /
+`reused_prefix_tokens` (transformers prefix caching). The BWArea backend, per generated token and
+aligned with each other: `token_ids`, `tokens` (each token decoded alone), `actions` (the latent
+cognitive action the policy chose for that token) and `action_log_probs` (its log-probability). These
+lists cover every generated token, including a stop string's tokens that `answer` no longer shows.
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ class NodeTrace:
     node: str
     request: dict[str, Any]          # CompletionRequest.to_dict(): messages or prompt, max_tokens, ...
     answer: str
+    question: str = ""               # the DAG node's question as asked (placeholders filled); "" for single prompts
     tokens_in: int = 0
     tokens_out: int = 0
     latency_s: float = 0.0
@@ -27,14 +42,23 @@ class NodeTrace:
     error: str | None = None
     attempts: int = 1
     round: int = 0                   # which sequential backend round of the step answered it
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)   # backend extras (see module docstring)
 
     @classmethod
-    def of(cls, node: str, request: CompletionRequest, completion: Completion, round: int = 0) -> "NodeTrace":
-        return cls(node=node, request=request.to_dict(), answer=completion.text.strip(), tokens_in=completion.tokens_in,
-                   tokens_out=completion.tokens_out, latency_s=completion.latency_s,
+    def of(cls, node: str, request: CompletionRequest, completion: Completion, round: int = 0,
+           question: str = "") -> "NodeTrace":
+        return cls(node=node, request=request.to_dict(), answer=completion.text.strip(), question=question,
+                   tokens_in=completion.tokens_in, tokens_out=completion.tokens_out, latency_s=completion.latency_s,
                    finish_reason=completion.finish_reason, error=completion.error, attempts=completion.attempts,
                    round=round, metadata=completion.metadata)
+
+    def token_actions(self) -> list[tuple[str, int, float]]:
+        """(token text, latent action, its log-probability) per generated token; empty unless the backend is
+        BWArea (the AR baseline, transformers and HTTP backends have no latent actions)."""
+        meta = self.metadata
+        if "actions" not in meta:
+            return []
+        return list(zip(meta["tokens"], meta["actions"], meta["action_log_probs"]))
 
 
 @dataclass

@@ -106,7 +106,7 @@ class TransformersBackend(LocalBackend):
             if config.share_prefix else None
 
     @torch.no_grad()
-    def _generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+    def _generate(self, prompts: list[list[int]], budgets: list[int], temperature: float,
                   stop: tuple[str, ...]) -> list[GeneratedRow]:
         sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else \
             {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
@@ -115,41 +115,52 @@ class TransformersBackend(LocalBackend):
             input_ids, attention_mask, options = cached.input_ids, cached.attention_mask, {"past_key_values": cached.past_key_values}
         else:
             (input_ids, attention_mask), options = self.left_pad(prompts), {}
-        stopper = StopAtStrings(self.tokenizer, stop, input_ids.shape[1], len(prompts)) if stop else None
+        stopper = RowStopper(self.tokenizer, stop, input_ids.shape[1], budgets) \
+            if stop or len(set(budgets)) > 1 else None
         output = self.model.generate(
-            input_ids.to(self.device), attention_mask=attention_mask.to(self.device), max_new_tokens=max_new_tokens,
+            input_ids.to(self.device), attention_mask=attention_mask.to(self.device), max_new_tokens=max(budgets),
             pad_token_id=self.pad_id, stopping_criteria=StoppingCriteriaList([stopper] if stopper else []),
             **sampling, **options)
         rows = []
         for row, generated in enumerate(output[:, input_ids.shape[1]:].tolist()):
-            # finished rows are padded to the batch's length: cut at the stop string or the first EOS (kept)
+            # finished rows are padded to the batch's length: cut where the stopper ended the row, then at
+            # the first EOS (kept)
             if stopper is not None and stopper.ended[row] is not None:
                 generated = generated[:stopper.ended[row]]
             end = next((i + 1 for i, token in enumerate(generated) if token in self.eos_ids), None)
             ids = generated if end is None else generated[:end]
-            stopped = end is not None or (stopper is not None and stopper.ended[row] is not None)
+            stopped = end is not None or (stopper is not None and stopper.hit_stop[row])
             metadata = {"shared_prefix_tokens": cached.shared[row], "reused_prefix_tokens": cached.reused[row]} \
                 if cached is not None else {}
             rows.append(GeneratedRow(ids, stopped=stopped, metadata=metadata))
         return rows
 
 
-class StopAtStrings(StoppingCriteria):
-    """Ends a row once its generated text (never the prompt) contains a stop string; remembers after how many
-    generated tokens, since the row is padded afterwards."""
+class RowStopper(StoppingCriteria):
+    """Ends each row at its own token budget, or once its generated text (never the prompt) contains a stop
+    string. Without it a batch runs every row to the largest budget; with it `generate` returns as soon as
+    every row is done. Remembers after how many generated tokens each row ended, since it is padded afterwards."""
 
-    def __init__(self, tokenizer: Any, stop: tuple[str, ...], prompt_length: int, batch: int) -> None:
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...], prompt_length: int, budgets: list[int]) -> None:
         self.tokenizer = tokenizer
         self.stop = stop
         self.prompt_length = prompt_length
-        self.window = max(len(s) for s in stop) + 1   # every token decodes to at least one character
-        self.ended: list[int | None] = [None] * batch
+        self.budgets = budgets
+        self.window = max((len(s) for s in stop), default=0) + 1   # every token decodes to at least one character
+        self.ended: list[int | None] = [None] * len(budgets)
+        self.hit_stop = [False] * len(budgets)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         generated = input_ids[:, self.prompt_length:]
+        length = generated.shape[1]
         for row in range(generated.shape[0]):
-            if self.ended[row] is None:
+            if self.ended[row] is not None:
+                continue
+            if self.stop:
                 tail = self.tokenizer.decode(generated[row, -self.window:].tolist())
                 if any(s in tail for s in self.stop):
-                    self.ended[row] = generated.shape[1]
+                    self.ended[row], self.hit_stop[row] = length, True
+                    continue
+            if length >= self.budgets[row]:
+                self.ended[row] = length
         return torch.tensor([end is not None for end in self.ended], device=input_ids.device)

@@ -12,8 +12,8 @@ Validation is a separate clean corpus of other TextWorld games (episodes of one 
 so a document-level split would measure memorisation). All runs use one tokenizer (trained on the clean
 training corpus) and the same validation blocks, so the perplexities are comparable across p and models.
 
-    python benchmarks/dirty_data.py                      # 120 training games, 16 held-out games, tiny preset, p in {0, 0.3}
-    python benchmarks/dirty_data.py --games 20 --val_games 8 --steps 200 --out /tmp/dirty   # quicker, noisier
+    python benchmarks/dirty_data.py          # 60 training games, 16 held-out games, tiny preset, 600 steps, p in {0, 0.3}
+    python benchmarks/dirty_data.py --games 24 --val_games 8 --steps 120 --out /tmp/dirty   # quicker, noisier
 
 Prints a table and the token budget; runs and the corpus are kept under --out (rerunning reuses them).
 """
@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--val_games", type=int, default=16, help="Held-out TextWorld games of the validation corpus.")
     args = parser.parse_args()
 
+    started = time.perf_counter()
     out = args.out.resolve()
     from envs.corpus import TextWorldCorpusConfig
 
@@ -122,6 +123,7 @@ def main() -> None:
             print(f"p={r['p']:g} vs p={base['p']:g}: AR x{r['ar'] / base['ar']:.3f}, world|ID x{r['world_id'] / base['world_id']:.3f}, "
                   f"simulated greedy x{r['sim_greedy'] / base['sim_greedy']:.3f}, sampled x{r['sim_sampled'] / base['sim_sampled']:.3f}")
     (out / f"results-seed{args.seed}.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"total wall time {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ An episode renders as
     ...
 
 `Transcript.render()` gives the whole episode (corpus documents); `Transcript.prompt()` gives the
-recent history ending with the current observation and "\\n> ", so a language model continues with
-a command up to the newline. Observations and commands are tidied the same way everywhere: lines
+recent history ending with the current observation and "\\n>", so a language model continues with
+" <command>" up to the newline. The prompt stops before the space on purpose: byte-level BPE
+tokenizers glue the space to the next word, so "> go west" in a document is ">", " go", " west", and a
+prompt ending in "> " would ask a model trained on documents for a token sequence it never saw. Observations and commands are tidied the same way everywhere: lines
 stripped, runs of spaces collapsed, blank lines removed (a transcript has no blank lines, so a
 document boundary or a newline-stopped completion is never ambiguous).
 """
@@ -80,10 +82,10 @@ class Transcript:
         return "\n".join(line for line in lines if line)
 
     def prompt(self, max_turns: int | None = None) -> str:
-        """render(max_turns) ending with the current observation and "\\n> ", ready for a command."""
+        """render(max_turns) ending with the current observation and "\\n>", ready for " <command>"."""
         if self.observation is None:
             raise ValueError("Transcript.prompt needs a current observation; call observe(observation) first.")
-        return self.render(max_turns) + "\n" + COMMAND_PREFIX
+        return self.render(max_turns) + "\n" + COMMAND_PREFIX.rstrip()
 
     @staticmethod
     def parse_command(completion: str) -> str:

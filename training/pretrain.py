@@ -17,11 +17,7 @@ stage (and RL fine-tuning) loads by path. From Python: `run(args) -> run directo
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
-import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -29,25 +25,18 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from lightning.fabric.utilities.rank_zero import rank_zero_only, rank_zero_warn
 from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import FSDPStrategy
 
 from bwarea import ARConfig, ARLanguageModel, BWAreaConfig, BWAreaModel, CheckpointError, load_pretrained
 from bwarea.cross_entropy import linear_cross_entropy
 from bwarea.generation import choose
 from training.data import PretrainData, tokenizer_fingerprint
-from training.runs import (AtomicCheckpointIO, DivergenceGuard, ExportOnTrainEnd, RunDirectory, RunSettings,
-                           ThroughputMonitor, UserError, build_loggers, read_training_info)
+from training.runs import RunCLI, UserError, cli_main, read_training_info, run_cli
 
 STAGES = {"world": "stage 1 (WorldModelStage)", "policy": "stage 2 (PolicyStage)", "ar": "the AR baseline (ARBaseline)"}
 
-# PretrainData shards and positions batches itself; with num_workers=0 on CPU the loader is no bottleneck.
-warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-# the training data order is a function of the restored step (training/data.py), so mid-run resumes are exact
-warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+DESCRIPTION = __doc__.split("\n\n")[0]
 
 
 class PretrainError(UserError, ValueError):
@@ -518,27 +507,24 @@ TRAINER_DEFAULTS = {
 }
 
 
-class PretrainCLI(LightningCLI):
-    """LightningCLI with a `run:` section (training/runs.py), `--ckpt_path`, and the run directory wiring."""
+class PretrainCLI(RunCLI):
+    """`bwarea pretrain`: RunCLI (training/runs.py) over the three stages and PretrainData; the stage is
+    `model.class_path`, the default run name starts with the stage, and a stage-2 run is checked against
+    its stage-1 export before anything is built."""
 
-    def __init__(self, args: list[str] | dict[str, Any] | None = None, parse_only: bool = False, exit_on_error: bool = True):
-        self.parse_only = parse_only
-        self.run_dir: RunDirectory | None = None
-        with warnings.catch_warnings():
-            # `args` given from Python (run(), tests, the quickstart) while sys.argv holds the caller's own arguments
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-            super().__init__(
-                model_class=PretrainingModule, subclass_mode_model=True, datamodule_class=PretrainData,
-                save_config_callback=None, trainer_defaults=TRAINER_DEFAULTS, seed_everything_default=0,
-                parser_kwargs={"prog": "bwarea pretrain", "description": __doc__.split("\n\n")[0], "default_env": False,
-                               "exit_on_error": exit_on_error},
-                args=args, run=False, auto_configure_optimizers=False, load_from_checkpoint_support=False,
-            )
-
-    def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.add_class_arguments(RunSettings, "run", fail_untyped=True)
-        parser.add_argument("--ckpt_path", type=str | None, default=None,
-                            help="Resume: a checkpoint file of this run, or 'last' for the newest one in run/checkpoints.")
+    prog = "bwarea pretrain"
+    description = DESCRIPTION
+    model_class = PretrainingModule
+    subclass_mode_model = True
+    datamodule_class = PretrainData
+    trainer_defaults = TRAINER_DEFAULTS
+    user_errors = (UserError, CheckpointError)
+    ignored_warnings = RunCLI.ignored_warnings + (
+        # PretrainData positions and shards batches itself; with num_workers=0 on CPU the loader is no bottleneck
+        ".*does not have many workers.*",
+        # the training data order is a function of the restored step (training/data.py), so mid-run resumes are exact
+        "You're resuming from a checkpoint that ended before the epoch ended",
+    )
 
     def before_instantiate_classes(self) -> None:
         model, data = self.config.model, self.config.data
@@ -547,61 +533,8 @@ class PretrainCLI(LightningCLI):
             if data.tokenizer is None:
                 data.tokenizer = model.init_args.stage1  # stage 2 reads text with the stage-1 tokenizer
 
-    def instantiate_classes(self) -> None:
-        if not self.parse_only:
-            super().instantiate_classes()
-
-    def default_run_name(self) -> str:
-        """<stage>-<digest of the configuration without the run section>: the same command finds the same run."""
-        config = self.config.clone().as_dict()
-        for key in ("run", "ckpt_path"):
-            config.pop(key, None)
-        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        return f"{type(self.model).stage}-{digest}"
-
-    def instantiate_trainer(self, **kwargs: Any) -> Any:
-        settings: RunSettings = self.config_init.run
-        name = settings.name or self.default_run_name()
-        main_process = rank_zero_only.rank == 0
-        run = RunDirectory.open(settings.root, name, resuming=self.config.ckpt_path is not None,
-                                overwrite=settings.overwrite, is_main_process=main_process)
-        if main_process:
-            run.write_config(self.parser.dump(self.config, skip_unset=False))
-        self.run_dir = run
-        trainer_config = self._get(self.config_init, "trainer", default={})
-        keep = settings.keep_checkpoints
-        checkpoints = ModelCheckpoint(
-            dirpath=run.checkpoints, filename="step={step:06d}", auto_insert_metric_name=False, save_last=True,
-            every_n_train_steps=settings.checkpoint_every_n_steps, save_top_k=keep,
-            monitor="step" if keep > 0 else None, mode="max", enable_version_counter=False,
-        )
-        callbacks = [*_as_list(trainer_config.get("callbacks")), checkpoints, ThroughputMonitor(settings.peak_flops_per_device),
-                     DivergenceGuard(), ExportOnTrainEnd(run.export), LearningRateMonitor(logging_interval="step")]
-        plugins = [*_as_list(trainer_config.get("plugins")), AtomicCheckpointIO()]
-        loggers = build_loggers(run, settings, name)
-        trainer = super().instantiate_trainer(callbacks=callbacks, plugins=plugins, logger=loggers,
-                                              default_root_dir=str(run.path), **kwargs)
-        for logger in trainer.loggers:
-            logger.log_hyperparams(self.config.clone().as_dict())
-        return trainer
-
-
-    def checkpoint_to_resume(self) -> str | None:
-        """--ckpt_path, with 'last' meaning the newest checkpoint of the run directory (None: start afresh)."""
-        path = self.config.ckpt_path
-        if path != "last":
-            return path
-        latest = self.run_dir.latest_checkpoint()
-        if latest is None:
-            rank_zero_warn(f"--ckpt_path last: {self.run_dir.checkpoints} holds no checkpoint yet; starting from scratch.")
-            return None
-        return str(latest)
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
+    def run_name_prefix(self) -> str:
+        return type(self.model).stage
 
 
 def run(args: list[str] | dict[str, Any] | None = None, exit_on_error: bool = False) -> Path:
@@ -611,17 +544,8 @@ def run(args: list[str] | dict[str, Any] | None = None, exit_on_error: bool = Fa
     nested dict of the same options. Errors raise (DataError, PretrainError, TrainingDiverged, ... all
     training.runs.UserError; bwarea.CheckpointError) instead of exiting.
     """
-    cli = PretrainCLI(args, exit_on_error=exit_on_error)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.checkpoint_to_resume())
-    return cli.run_dir.path
+    return run_cli(PretrainCLI, args, exit_on_error)
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(sys.argv[1:] if argv is None else argv, exit_on_error=True)
-    except SystemExit as stop:  # --help, or an option error already printed by the parser
-        return int(stop.code or 0) if isinstance(stop.code, int) or stop.code is None else 2
-    except (UserError, CheckpointError) as error:
-        print(f"bwarea pretrain: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return cli_main(PretrainCLI, argv)

@@ -37,14 +37,16 @@ PROMPT_FORMATS = ("transcript", "observation")
 class RolloutConfig:
     """How episodes are played.
 
-    max_turns: horizon (environment steps) per episode; the environment's own limit may end it earlier.
-    max_new_tokens: tokens generated per turn (a command ends at the first newline).
-    context_tokens: prompt budget in tokens; default = model context - max_new_tokens.
-    history_turns: transcript turns kept in the prompt (fewer when the budget is exceeded).
-    temperature: sampling temperature of the policy's choice (1.0 = on-policy sampling).
-    token_temperature: BWArea's world-model token temperature given the action (0 = greedy).
-    prompt_format: "transcript" (task + recent turns, for multi-turn games) or "observation" (the
-        observation is the whole prompt, for single-step tasks such as BIG-Bench Hard).
+    Args:
+        max_turns: Horizon (environment steps) per episode; the environment's own limit may end it earlier.
+        max_new_tokens: Tokens generated per turn (a command ends at the first newline).
+        context_tokens: Prompt budget in tokens; default = model context - max_new_tokens.
+        history_turns: Transcript turns kept in the prompt (fewer when the budget is exceeded).
+        temperature: Sampling temperature of the policy's choice (1.0 = on-policy sampling).
+        token_temperature: BWArea's world-model token temperature given the action (0 = greedy, so that
+            transitions stay deterministic given the actions).
+        prompt_format: "transcript" (task + recent turns, for multi-turn games) or "observation" (the
+            observation is the whole prompt, for single-step tasks such as BIG-Bench Hard).
     """
 
     max_turns: int = 20

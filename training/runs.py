@@ -16,13 +16,19 @@ Pieces, each usable on its own with a Lightning `Trainer`:
 - `build_loggers`: CSV always, wandb unless disabled;
 - `AtomicCheckpointIO`: checkpoints written to a temp file and renamed, read with weights_only=True,
   so a killed run never leaves a truncated checkpoint and loading never unpickles code;
-- `ThroughputMonitor`: tokens/s, estimated FLOP/s, MFU, tokens seen, peak memory;
+- `ThroughputMonitor`: steps/s, tokens/s, estimated FLOP/s, MFU, tokens seen, peak memory;
 - `DivergenceGuard`: stops on a NaN/Inf loss or gradient before the bad update, and never writes a
   checkpoint holding non-finite weights, so the last checkpoint on disk stays good;
 - `ExportOnTrainEnd`: writes export/ (atomically, as a whole) when training ends;
 - `read_training_info` / `write_training_info`: the marker file that says which stage produced an
   export, so later stages can refuse the wrong input with one clear sentence;
 - `read_metrics`: the CSV logs of a run, all invocations merged.
+
+And the command line that wires them together: `RunCLI`, a LightningCLI base class (the `run:` section,
+`--ckpt_path last`, run directory, loggers, checkpoints, callbacks, export) that a training command
+subclasses with its module (and data module) class; `run_cli(cli_class, args) -> run directory` trains
+from Python and `cli_main(cli_class, argv) -> exit code` is a command's `main`. `bwarea pretrain`
+(training/pretrain.py) is one such command.
 """
 
 from __future__ import annotations
@@ -34,15 +40,21 @@ import math
 import os
 import resource
 import shutil
+import sys
 import tempfile
 import time
+import warnings
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.fabric.utilities.rank_zero import rank_zero_only, rank_zero_warn
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -68,8 +80,8 @@ class RunSettings:
     """Where and how a training run records itself.
 
     Args:
-        name: Run directory name under `root`. Default: "<stage>-<hash of the configuration>", so re-running
-            the same command (with --ckpt_path last) finds the same run.
+        name: Run directory name under `root`. Default: "<stage or command>-<hash of the configuration>", so
+            re-running the same command (with --ckpt_path last) finds the same run.
         root: Parent directory of the run directories.
         overwrite: Start afresh in a run directory that already holds a run, deleting its checkpoints, logs and export.
         checkpoint_every_n_steps: Save a checkpoint every this many optimizer steps (and keep last.ckpt current).
@@ -190,21 +202,21 @@ def peak_memory_mb() -> float:
 
 
 class ThroughputMonitor(Callback):
-    """Logs training throughput at every step, averaged over the last `window` optimizer steps.
+    """Logs training throughput at every optimizer step, averaged over the last `window` steps.
 
-    - perf/tokens_per_sec: input tokens of all processes per second of training (data loading and the
-      optimizer included, validation excluded);
-    - perf/flops_per_sec: tokens/s x the module's `flops_per_token()` (6 N + attention, see pretrain.py);
+    - perf/steps_per_sec: optimizer steps per second of training (data loading and the optimizer
+      included, validation excluded);
+    - perf/tokens_per_sec: input tokens of all processes per second, when the module has `tokens_per_step()`
+      (global batch tokens per optimizer step);
+    - perf/flops_per_sec: tokens/s x the module's `flops_per_token()` (6 N + attention, see pretrain.py), when it has one;
     - perf/mfu: flops_per_sec / (peak_flops_per_device x processes), when the peak is given;
     - perf/tokens_seen: input tokens consumed since the start of the run (resumes included);
     - perf/peak_rss_mb (and perf/peak_gpu_mem_mb on GPU): peak memory of this process.
-
-    The module must provide `flops_per_token() -> float` and `tokens_per_step() -> int` (global batch tokens).
     """
 
     def __init__(self, peak_flops_per_device: float | None = None, window: int = 20):
         self.peak_flops_per_device = peak_flops_per_device
-        self.window: deque[tuple[int, float]] = deque(maxlen=window)
+        self.window: deque[float] = deque(maxlen=window)
         self._last_end: float | None = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -221,22 +233,26 @@ class ThroughputMonitor(Callback):
         if (batch_idx + 1) % trainer.accumulate_grad_batches:
             return
         now = time.perf_counter()
-        self.window.append((pl_module.tokens_per_step(), now - (self._last_end or now)))
+        self.window.append(now - (self._last_end or now))
         self._last_end = now
-        tokens = sum(count for count, _ in self.window)
-        seconds = sum(duration for _, duration in self.window)
-        metrics = {"perf/tokens_seen": float(trainer.global_step * pl_module.tokens_per_step()),
-                   "perf/peak_rss_mb": peak_memory_mb()}
+        seconds = sum(self.window)
+        metrics = {"perf/peak_rss_mb": peak_memory_mb()}
         if torch.cuda.is_available():
             metrics["perf/peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        tokens_per_step = pl_module.tokens_per_step() if hasattr(pl_module, "tokens_per_step") else None
+        if tokens_per_step is not None:
+            metrics["perf/tokens_seen"] = float(trainer.global_step * tokens_per_step)
         if seconds > 0:
-            rate = tokens / seconds
-            metrics["perf/tokens_per_sec"] = rate
-            metrics["perf/flops_per_sec"] = rate * pl_module.flops_per_token()
-            if self.peak_flops_per_device:
-                metrics["perf/mfu"] = metrics["perf/flops_per_sec"] / (self.peak_flops_per_device * trainer.world_size)
+            metrics["perf/steps_per_sec"] = len(self.window) / seconds
+            if tokens_per_step is not None:
+                rate = metrics["perf/tokens_per_sec"] = metrics["perf/steps_per_sec"] * tokens_per_step
+                if hasattr(pl_module, "flops_per_token"):
+                    metrics["perf/flops_per_sec"] = rate * pl_module.flops_per_token()
+                    if self.peak_flops_per_device:
+                        metrics["perf/mfu"] = metrics["perf/flops_per_sec"] / (self.peak_flops_per_device * trainer.world_size)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
-        pl_module.log("tok/s", metrics.get("perf/tokens_per_sec", 0.0), prog_bar=True, logger=False, rank_zero_only=True)
+        if "perf/tokens_per_sec" in metrics:
+            pl_module.log("tok/s", metrics["perf/tokens_per_sec"], prog_bar=True, logger=False, rank_zero_only=True)
 
 
 def _last_checkpoint(trainer: Trainer) -> str:
@@ -324,22 +340,40 @@ def replace_directory(target: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(retired, ignore_errors=True)
 
 
+EXPORT_PROTOCOL = ("export_pretrained", "training_info")
+
+
+def can_export(module: LightningModule) -> bool:
+    """Whether `module` implements the export protocol of ExportOnTrainEnd."""
+    return all(callable(getattr(module, name, None)) for name in EXPORT_PROTOCOL)
+
+
 class ExportOnTrainEnd(Callback):
     """When training ends, writes `directory` as a whole: the module's `export_pretrained(staging, state_dict)`
-    (weights, config, tokenizer) and training_info.json from its `training_info()`.
+    (weights, config, tokenizer: a `save_pretrained` directory) and training_info.json from its
+    `training_info()` (a JSON-able dict holding at least "stage", which later commands check).
 
     The full state dict is gathered on every process (needed under FSDP); only the main process writes.
+    A run that stops with an error (divergence, interruption) writes no export.
     """
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not can_export(pl_module):
+            raise TypeError(f"ExportOnTrainEnd needs {type(pl_module).__name__} to define "
+                            f"{' and '.join(f'{name}()' for name in EXPORT_PROTOCOL)}; implement them or drop the callback.")
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         state = trainer.strategy.lightning_module_state_dict()
         if trainer.is_global_zero:
             def write(staging: Path) -> None:
                 pl_module.export_pretrained(staging, state)
-                write_training_info(staging, pl_module.training_info())
+                info = pl_module.training_info()
+                if "stage" not in info:
+                    raise TypeError(f"{type(pl_module).__name__}.training_info() must name the 'stage' that produced the export.")
+                write_training_info(staging, info)
             replace_directory(self.directory, write)
         trainer.strategy.barrier("export")
 
@@ -363,3 +397,202 @@ def read_metrics(run_path: str | os.PathLike) -> list[dict[str, float]]:
         cutoff = min(later) if later else math.inf
         merged += [row for row in rows if row.get("step", -1) < cutoff]
     return merged
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line of a training command
+
+class RunCLI(LightningCLI):
+    """LightningCLI for a training command whose every invocation trains (or resumes) one run directory.
+
+    A command subclasses it and sets class attributes (all optional except `model_class` and `prog`):
+
+        prog                 command name for --help and error messages, e.g. "bwarea finetune"
+        description          first line of --help
+        model_class          the LightningModule class (a class, not a factory function)
+        subclass_mode_model  True: the config picks any subclass with `model.class_path` (as `bwarea pretrain`
+                             does for its stages); False: `model:` holds model_class's own arguments
+        datamodule_class     a LightningDataModule class, or None: the module brings its own train_dataloader()
+                             (LightningCLI then keeps `data:` as an optional section, null by default)
+        subclass_mode_data   like subclass_mode_model, for the data module
+        trainer_defaults     Trainer defaults of this command (still overridable under `trainer:`); note that
+                             manual optimization refuses gradient_clip_val
+        seed_everything_default  seed when the config gives none
+        user_errors          exception types that cli_main prints as one line without a traceback
+        ignored_warnings     regular expressions of warnings hidden while parsing and training (noise that
+                             this command's design makes harmless)
+
+    and may override these hooks (calling super() where they extend):
+
+        add_arguments_to_parser(parser)  more top-level options; super() adds `run:` and `--ckpt_path`
+        before_instantiate_classes()     check or complete self.config before anything is built; with
+                                         self.parse_only nothing will be built (config tests)
+        run_name_prefix()                default run name = "<prefix>-<digest of the config>"; default prefix:
+                                         the last word of `prog`
+        run_callbacks(settings, run)     the callbacks every run gets, see below
+
+    What every run gets on top of LightningCLI:
+    - the `run:` section (RunSettings: name, root, overwrite, checkpoint cadence, wandb, peak FLOP/s) and
+      `--ckpt_path` (a checkpoint file, or 'last' = the newest checkpoint of the run directory);
+    - the run directory root/name opened (RunDirectory.open: an existing run is only reused when resuming or
+      with run.overwrite) and config.yaml = the resolved configuration, written by the main process;
+      the Trainer's default_root_dir is the run directory;
+    - loggers: CSV always, wandb unless disabled (build_loggers); hyperparameters = the resolved configuration;
+    - AtomicCheckpointIO (checkpoints written whole, loaded with weights_only=True);
+    - callbacks (after any under trainer.callbacks): ModelCheckpoint every run.checkpoint_every_n_steps
+      optimizer steps into checkpoints/ (+ last.ckpt, the newest run.keep_checkpoints kept),
+      ThroughputMonitor, DivergenceGuard, LearningRateMonitor, and ExportOnTrainEnd(run/export) when the
+      module implements the export protocol.
+
+    Module protocol (every method optional; a module with none of them still trains):
+    - export_pretrained(directory: Path, state_dict: dict[str, Tensor]) -> None and training_info() -> dict
+      (with a "stage" entry): both present -> run/export is written when training ends (ExportOnTrainEnd);
+      otherwise the command writes its own outputs, if any (trainer.default_root_dir is the run directory);
+    - tokens_per_step() -> int and flops_per_token() -> float: tokens/s, FLOP/s and MFU (ThroughputMonitor);
+      without them only steps/s and memory are logged;
+    - last_loss (a detached tensor): quoted by DivergenceGuard when it stops a diverging run.
+    DivergenceGuard works under manual optimization too (it runs inside optimizer.step()).
+
+    Construct with `Subclass(args, parse_only=False, exit_on_error=True)`; train with `run_cli(Subclass, args)`
+    (returns the run directory) and give the command its `main` with `cli_main(Subclass, argv)`.
+    """
+
+    prog: ClassVar[str] = "bwarea"
+    description: ClassVar[str] = ""
+    model_class: ClassVar[type[LightningModule] | None] = None
+    subclass_mode_model: ClassVar[bool] = False
+    datamodule_class: ClassVar[type[LightningDataModule] | None] = None
+    subclass_mode_data: ClassVar[bool] = False
+    trainer_defaults: ClassVar[dict[str, Any]] = {}
+    seed_everything_default: ClassVar[int | bool] = 0
+    user_errors: ClassVar[tuple[type[BaseException], ...]] = (UserError, CheckpointError)
+    ignored_warnings: ClassVar[tuple[str, ...]] = (
+        # `args` given from Python (run_cli, tests) while sys.argv holds the caller's own arguments
+        "LightningCLI's args parameter is intended",
+        # RunDirectory.open already refuses to mix a new run into an old one's directory; resuming reuses it on purpose
+        "Checkpoint directory .* exists and is not empty",
+        # under manual optimization a checkpoint holds the state after the step together with the incremented
+        # global_step, which is exactly what an exact resume needs
+        "Using ModelCheckpoint with manual optimization and every_n_train_steps",
+    )
+
+    def __init__(self, args: list[str] | dict[str, Any] | None = None, parse_only: bool = False, exit_on_error: bool = True):
+        if self.model_class is None:
+            raise TypeError(f"{type(self).__name__} must set the class attribute model_class.")
+        self.parse_only = parse_only
+        self.run_dir: RunDirectory | None = None
+        with self.quiet():
+            super().__init__(
+                model_class=self.model_class, subclass_mode_model=self.subclass_mode_model,
+                datamodule_class=self.datamodule_class, subclass_mode_data=self.subclass_mode_data,
+                save_config_callback=None, trainer_defaults=dict(self.trainer_defaults),
+                seed_everything_default=self.seed_everything_default,
+                parser_kwargs={"prog": self.prog, "description": self.description, "default_env": False,
+                               "exit_on_error": exit_on_error},
+                args=args, run=False, auto_configure_optimizers=False, load_from_checkpoint_support=False,
+            )
+
+    @classmethod
+    @contextmanager
+    def quiet(cls) -> Iterator[None]:
+        """Hide `ignored_warnings` (pytest and other callers reset module-level filters, so they are set here)."""
+        with warnings.catch_warnings():
+            for message in cls.ignored_warnings:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_class_arguments(RunSettings, "run", fail_untyped=True)
+        parser.add_argument("--ckpt_path", type=str | None, default=None,
+                            help="Resume: a checkpoint file of this run, or 'last' for the newest one in run/checkpoints.")
+
+    def instantiate_classes(self) -> None:
+        if not self.parse_only:
+            super().instantiate_classes()
+
+    def run_name_prefix(self) -> str:
+        return self.prog.split()[-1]
+
+    def default_run_name(self) -> str:
+        """<prefix>-<digest of the configuration without the run section>: the same command finds the same run."""
+        config = self.config.clone().as_dict()
+        for key in ("run", "ckpt_path", "config"):
+            config.pop(key, None)
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        return f"{self.run_name_prefix()}-{digest}"
+
+    def run_callbacks(self, settings: RunSettings, run: RunDirectory) -> list[Callback]:
+        """The callbacks every run of this command gets (see the class docstring)."""
+        keep = settings.keep_checkpoints
+        callbacks: list[Callback] = [
+            ModelCheckpoint(dirpath=run.checkpoints, filename="step={step:06d}", auto_insert_metric_name=False,
+                            save_last=True, every_n_train_steps=settings.checkpoint_every_n_steps, save_top_k=keep,
+                            monitor="step" if keep > 0 else None, mode="max", enable_version_counter=False),
+            ThroughputMonitor(settings.peak_flops_per_device),
+            DivergenceGuard(),
+            LearningRateMonitor(logging_interval="step"),
+        ]
+        if can_export(self.model):
+            callbacks.append(ExportOnTrainEnd(run.export))
+        return callbacks
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        settings: RunSettings = self.config_init.run
+        name = settings.name or self.default_run_name()
+        main_process = rank_zero_only.rank == 0
+        run = RunDirectory.open(settings.root, name, resuming=self.config.ckpt_path is not None,
+                                overwrite=settings.overwrite, is_main_process=main_process)
+        if main_process:
+            run.write_config(self.parser.dump(self.config, skip_unset=False))
+        self.run_dir = run
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        callbacks = [*_as_list(trainer_config.get("callbacks")), *self.run_callbacks(settings, run)]
+        plugins = [*_as_list(trainer_config.get("plugins")), AtomicCheckpointIO()]
+        trainer = super().instantiate_trainer(callbacks=callbacks, plugins=plugins, logger=build_loggers(run, settings, name),
+                                              default_root_dir=str(run.path), **kwargs)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(self.config.clone().as_dict())
+        return trainer
+
+    def checkpoint_to_resume(self) -> str | None:
+        """--ckpt_path, with 'last' meaning the newest checkpoint of the run directory (None: start afresh)."""
+        path = self.config.ckpt_path
+        if path != "last":
+            return path
+        latest = self.run_dir.latest_checkpoint()
+        if latest is None:
+            rank_zero_warn(f"--ckpt_path last: {self.run_dir.checkpoints} holds no checkpoint yet; starting from scratch.")
+            return None
+        return str(latest)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def run_cli(cli_class: type[RunCLI], args: list[str] | dict[str, Any] | None = None, exit_on_error: bool = False) -> Path:
+    """Parse `args` with `cli_class`, train (fit, resuming per --ckpt_path) and return the run directory.
+
+    `args` are command-line style (["--config", "x.yaml", "--trainer.max_steps", "10"]) or a nested dict of the
+    same options; None reads sys.argv. Errors raise instead of exiting (unless exit_on_error, which only
+    concerns option errors).
+    """
+    cli = cli_class(args, exit_on_error=exit_on_error)
+    with cli_class.quiet():
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.checkpoint_to_resume())
+    return cli.run_dir.path
+
+
+def cli_main(cli_class: type[RunCLI], argv: list[str] | None = None) -> int:
+    """The body of a training command's `main(argv) -> int`: run_cli, with option errors and --help exiting as
+    the parser decides (usually 2 and 0), and `cli_class.user_errors` printed as "<prog>: <message>" (exit 1)."""
+    try:
+        run_cli(cli_class, sys.argv[1:] if argv is None else argv, exit_on_error=True)
+    except SystemExit as stop:  # --help, or an option error already printed by the parser
+        return int(stop.code or 0) if isinstance(stop.code, int) or stop.code is None else 2
+    except cli_class.user_errors as error:
+        print(f"{cli_class.prog}: {error}", file=sys.stderr)
+        return 1
+    return 0

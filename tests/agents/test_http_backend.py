@@ -181,6 +181,7 @@ def test_direct_chat_agent_over_http(chat_server):
     assert agent.act(obs, info) == "move_up"
     trace = agent.last_traces[0]
     assert trace.parse_method == "final" and trace.rounds == 1 and len(trace.nodes) == 1
+    assert trace.nodes[0].question == "" and trace.nodes[0].token_actions() == []   # no DAG, no latent actions
     _, body, _ = chat_server.requests[0]
     system, user = (m["content"] for m in body["messages"])
     assert system == f"You are playing a text game. Objective: {info['task']}"

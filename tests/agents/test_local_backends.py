@@ -41,6 +41,7 @@ def test_bwarea_backend_reports_text_tokens_and_cognitive_actions(tiny_backend):
         assert completion.ok and completion.finish_reason in ("stop", "length")
         meta = completion.metadata
         assert len(meta["actions"]) == len(meta["token_ids"]) == len(meta["action_log_probs"]) == completion.tokens_out
+        assert meta["tokens"] == [tiny_backend.tokenizer.decode([t]) for t in meta["token_ids"]]
         assert 1 <= completion.tokens_out <= 6 and all(0 <= a < 64 for a in meta["actions"])
         assert all(lp <= 0 for lp in meta["action_log_probs"])
         assert completion.text == tiny_backend.tokenizer.decode(meta["token_ids"], skip_special_tokens=True)
@@ -199,3 +200,22 @@ def test_transformers_stop_strings_cut_rows_the_same_alone_or_in_a_batch(tiny_ll
     assert alone.tokens_out < free.tokens_out
     batch = backend.complete([request] + [CompletionRequest(prompt=p, max_tokens=12, stop=(stop,)) for p in PROMPTS[1:]])
     assert (batch[0].text, batch[0].tokens_out, batch[0].finish_reason) == (alone.text, alone.tokens_out, "stop")
+
+
+def test_transformers_rows_end_at_their_own_budget(tiny_llama_dir):
+    backend = TransformersBackend(TransformersConfig(model=str(tiny_llama_dir), share_prefix=False))
+    generate, new_tokens = backend.model.generate, []
+
+    def recording_generate(input_ids, **options):      # the real generate; records how long each call ran
+        output = generate(input_ids, **options)
+        new_tokens.append(output.shape[1] - input_ids.shape[1])
+        return output
+    backend.model.generate = recording_generate
+    [free] = backend.complete([CompletionRequest(prompt=PROMPTS[0], max_tokens=20)])
+    stop = free.text[:2]                                   # hit within the first tokens
+    requests = [CompletionRequest(prompt=PROMPTS[0], max_tokens=20, stop=(stop,)),
+                CompletionRequest(prompt=PROMPTS[1], max_tokens=3, stop=(stop,))]
+    first, second = backend.complete(requests)
+    assert first.text == "" and first.finish_reason == "stop"
+    assert second.tokens_out <= 3 and second.text == backend.complete([requests[1]])[0].text
+    assert new_tokens[1] <= max(3, first.tokens_out) < 20  # the call ended when both rows were done

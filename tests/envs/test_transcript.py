@@ -15,11 +15,11 @@ def test_render_and_prompt_follow_the_shared_format():
         "> take coin\n"
         "Taken."
     )
-    assert transcript.prompt().endswith("Taken.\n> ")
+    assert transcript.prompt().endswith("Taken.\n>")
     # the most recent turn only; the objective line always stays
     assert transcript.prompt(max_turns=1) == (
-        "Objective: Find the coin.\nYou are in a vault.\nThere is a coin here.\n> take coin\nTaken.\n> ")
-    assert transcript.prompt(max_turns=0) == "Objective: Find the coin.\nTaken.\n> "
+        "Objective: Find the coin.\nYou are in a vault.\nThere is a coin here.\n> take coin\nTaken.\n>")
+    assert transcript.prompt(max_turns=0) == "Objective: Find the coin.\nTaken.\n>"
 
 
 def test_first_observation_drops_a_repeated_objective_and_blank_lines():

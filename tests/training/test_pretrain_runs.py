@@ -1,16 +1,23 @@
-"""training.runs pieces used by pretraining (and later by RL fine-tuning), checked on their own."""
+"""training.runs pieces used by pretraining (and by RL fine-tuning), checked on their own, and RunCLI driving
+a module that is not a pretraining stage: manual optimization, its own dataloader, no data module."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule, Trainer
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, TensorDataset
 
-from training.runs import (AtomicCheckpointIO, DivergenceGuard, RunDirectory, RunDirectoryError, TrainingDiverged,
-                           read_metrics, read_training_info, replace_directory, write_training_info)
+from training.runs import (AtomicCheckpointIO, DivergenceGuard, ExportOnTrainEnd, RunCLI, RunDirectory,
+                           RunDirectoryError, TrainingDiverged, cli_main, read_metrics, read_training_info,
+                           replace_directory, run_cli, write_training_info)
 
 
 def test_checkpoints_with_non_finite_weights_are_never_written():
@@ -71,3 +78,104 @@ def test_read_metrics_drops_the_steps_a_resumed_run_redid(tmp_path):
             writer.writeheader()
             writer.writerows({"step": s, "train/loss": 10 * version + s} for s in steps)
     assert [(r["step"], r["train/loss"]) for r in read_metrics(tmp_path)] == [(4, 4), (9, 9), (14, 24), (19, 29)]
+
+
+# ----------------------------------------------------------------------------------------------
+# RunCLI with a module of another command
+
+class Regression(LightningModule):
+    """Linear regression trained with manual optimization on its own data (no data module, no export).
+
+    Args:
+        batches: Batches of 8 samples in the module's dataloader.
+        lr: SGD learning rate.
+    """
+
+    def __init__(self, batches: int = 12, lr: float = 0.05):
+        super().__init__()
+        self.automatic_optimization = False
+        self.batches, self.lr = batches, lr
+        self.layer = torch.nn.Linear(4, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        inputs = torch.randn(self.batches * 8, 4, generator=torch.Generator().manual_seed(0))
+        targets = inputs @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+        return DataLoader(TensorDataset(inputs, targets), batch_size=8)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        inputs, targets = batch
+        loss = F.mse_loss(self.layer(inputs), targets)
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        self.log("train/loss", loss)
+
+
+class ExportingRegression(Regression):
+    """Regression that implements the export protocol of ExportOnTrainEnd."""
+
+    def export_pretrained(self, directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
+        save_file({name: tensor.contiguous() for name, tensor in state_dict.items()}, str(directory / "model.safetensors"))
+
+    def training_info(self) -> dict:
+        return {"stage": "regression", "global_step": self.global_step}
+
+
+class RegressionCLI(RunCLI):
+    prog = "bwarea regress"
+    description = "Fit a linear regression (a RunCLI test command)."
+    model_class = Regression
+    trainer_defaults = {"max_steps": 12, "enable_progress_bar": False, "enable_model_summary": False, "log_every_n_steps": 1}
+
+
+class ExportingRegressionCLI(RegressionCLI):
+    model_class = ExportingRegression
+
+
+def regression_args(root: Path, *extra: str) -> list[str]:
+    return ["--run.root", str(root), "--run.wandb", "false", "--run.checkpoint_every_n_steps", "5", *extra]
+
+
+def test_run_cli_trains_a_manual_optimization_module_without_a_data_module(tmp_path, capsys):
+    run_dir = run_cli(RegressionCLI, regression_args(tmp_path, "--model.lr", "0.1"))
+    assert run_dir.parent == tmp_path and run_dir.name.startswith("regress-")  # default name: prefix + config digest
+    resolved = (run_dir / "config.yaml").read_text()
+    assert "\n  lr: 0.1\n" in resolved and "\ndata: null\n" in resolved  # no data module: the module's own dataloader
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt")) == ["last.ckpt", "step=000005.ckpt", "step=000010.ckpt"]
+    assert not (run_dir / "export").exists()  # the module has no export protocol, so nothing is exported
+    rows = read_metrics(run_dir)
+    losses = [row for row in rows if "train/loss" in row]
+    assert losses[-1]["step"] == 11 and losses[-1]["train/loss"] < losses[0]["train/loss"] / 4
+    keys = set().union(*rows)
+    assert {"perf/steps_per_sec", "perf/peak_rss_mb", "train/grad_norm", "lr-SGD"} <= keys  # the callbacks ran
+    assert "perf/tokens_per_sec" not in keys  # no tokens_per_step(): no token throughput
+
+    # the same command finds the same run: refused without --ckpt_path, resumed with it
+    assert cli_main(RegressionCLI, regression_args(tmp_path, "--model.lr", "0.1")) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"bwarea regress: run directory {run_dir} already holds a run") and "\n" not in error
+    resumed = run_cli(RegressionCLI, regression_args(tmp_path, "--model.lr", "0.1", "--trainer.max_steps", "14",
+                                                      "--run.name", run_dir.name, "--ckpt_path", "last"))
+    assert resumed == run_dir
+    assert [row["step"] for row in read_metrics(run_dir) if "train/loss" in row][-3:] == [11, 12, 13]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 14
+
+    assert cli_main(RegressionCLI, ["--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert "--model.lr" in help_text and "--run.checkpoint_every_n_steps" in help_text and "--ckpt_path" in help_text
+
+
+def test_run_cli_exports_a_module_with_the_export_protocol(tmp_path):
+    run_dir = run_cli(ExportingRegressionCLI, regression_args(tmp_path, "--run.name", "exported"))
+    assert read_training_info(run_dir / "export") == {"stage": "regression", "global_step": 12}
+    assert set(load_file(str(run_dir / "export" / "model.safetensors"))) == {"layer.weight", "layer.bias"}
+    assert json.loads((run_dir / "export" / "training_info.json").read_text())["stage"] == "regression"
+
+    trainer = Trainer(callbacks=[ExportOnTrainEnd(tmp_path / "export")], max_steps=1, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(TypeError, match="ExportOnTrainEnd needs Regression to define export_pretrained"):
+        trainer.fit(Regression())

@@ -1,0 +1,186 @@
+"""The BWArea-vs-AR pipeline shared by `bwarea quickstart` and benchmarks/bwarea_vs_ar.py.
+
+    corpus = build_corpus(presets, games, root / "corpus", cache_dir)       # walkthrough + exploratory transcripts
+    models = pretrain_pair(corpus, root / "pretrain", PretrainBudget())     # {"bwarea": stage-2 export, "ar": ...}
+    before = evaluate_policy(models["bwarea"], "textworld/coin-easy", range(20), env_options={"split": "test"})
+    tuned = finetune(models["bwarea"], root / "finetune", "bwarea-coin", FinetuneBudget(env="textworld/coin-easy"))
+
+Both models see the same corpus, tokenizer, block size, batch, optimizer settings and token budget
+(BWArea: stage 1 for `steps`, then stage 2 on the same blocks; AR: `steps`), and the same RL budget.
+Every step reuses a finished run when it finds one, so an interrupted pipeline picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+import bwarea
+import envs
+from training.metrics import Estimate, estimate
+from training.rollout import Episode, RolloutConfig, RolloutEngine
+from training.runs import RunDirectory
+
+
+@dataclass
+class PretrainBudget:
+    """Pretraining settings shared by BWArea and the AR baseline.
+
+    architecture: overrides of the preset's shapes (e.g. {"hidden_size": 64}); the AR baseline matches the
+        world model's shape. steps: optimizer steps of stage 1 and of the AR baseline (same token budget);
+        policy_steps: stage-2 steps (behaviour cloning on the same blocks).
+    """
+
+    preset: str = "tiny"
+    architecture: dict[str, Any] | None = None
+    vocab_size: int = 2048
+    block_size: int = 128
+    batch_size: int = 16
+    steps: int = 400
+    policy_steps: int = 200
+    learning_rate: float = 2e-3
+    warmup_steps: int = 20
+    precision: str = "bf16-mixed"
+    val_fraction: float = 0.1
+    val_check_interval: int = 100
+    cache_dir: str | None = None
+    progress: bool = True
+    seed: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.batch_size * self.block_size
+
+
+@dataclass
+class FinetuneBudget:
+    """RL settings shared by BWArea (policy only) and the AR baseline (all weights)."""
+
+    env: str = "textworld/coin-easy"
+    env_options: dict[str, Any] = field(default_factory=dict)
+    task_pool: int = 32
+    episodes_per_update: int = 8
+    updates: int = 20
+    objective: str = "remax"
+    objective_options: dict[str, Any] = field(default_factory=dict)
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(max_turns=8, max_new_tokens=12))
+    learning_rate: float = 5e-4
+    progress: bool = True
+    seed: int = 0
+
+
+def build_corpus(presets: Sequence[str], games: int, out: Path, cache_dir: str | None = None,
+                 exploratory_per_game: int = 2, progress: bool = True) -> Path:
+    """TextWorld training-split transcripts (`bwarea data textworld`), built once under `out`."""
+    from envs.corpus import DirtyConfig, OutputConfig, TextWorldCorpusConfig, build_textworld_corpus
+
+    if not (out / "manifest.json").is_file():
+        build_textworld_corpus(
+            TextWorldCorpusConfig(presets=list(presets), games=games, exploratory_per_game=exploratory_per_game,
+                                  cache_dir=cache_dir),
+            OutputConfig(out=str(out), progress=progress, overwrite=True), DirtyConfig())
+    return out
+
+
+def _finished(root: Path, name: str) -> bool:
+    return (RunDirectory(root / name).export / "training_info.json").is_file()
+
+
+def _resume_arguments(root: Path, name: str) -> dict[str, Any]:
+    """Resume a run cut off earlier; start afresh otherwise."""
+    return {"ckpt_path": "last"} if RunDirectory(root / name).latest_checkpoint() else {"run": {"overwrite": True}}
+
+
+def pretrain_pair(corpus: Path, root: Path, budget: PretrainBudget) -> dict[str, Path]:
+    """Stage 1, stage 2 and the AR baseline on `corpus`; returns the exports {"world", "bwarea", "ar"}."""
+    from training.pretrain import run
+
+    def settings(name: str, class_path: str, init_args: dict[str, Any], steps: int, tokenizer: str | None) -> dict:
+        optimizer = {"lr": budget.learning_rate, "warmup_steps": budget.warmup_steps}
+        return {
+            "seed_everything": budget.seed,
+            "run": {"name": name, "root": str(root), "checkpoint_every_n_steps": max(steps // 4, 1), "wandb": False},
+            "model": {"class_path": f"training.pretrain.{class_path}", "init_args": {**init_args, "optimizer": optimizer}},
+            "data": {"corpus": str(corpus), "tokenizer": tokenizer, "vocab_size": budget.vocab_size,
+                     "block_size": budget.block_size, "batch_size": budget.batch_size, "val_fraction": budget.val_fraction,
+                     "val_blocks": 32, "cache_dir": budget.cache_dir, "progress": budget.progress},
+            "trainer": {"max_steps": steps, "precision": budget.precision, "val_check_interval": min(budget.val_check_interval, steps),
+                        "log_every_n_steps": 10, "enable_progress_bar": budget.progress, "enable_model_summary": False,
+                        "num_sanity_val_steps": 0},
+        }
+
+    shapes = {"preset": budget.preset, "architecture": budget.architecture}
+    jobs = [("world", "WorldModelStage", shapes, budget.steps, None),
+            ("policy", "PolicyStage", {"stage1": str(RunDirectory(root / "world").export)}, budget.policy_steps, None),
+            ("ar", "ARBaseline", shapes, budget.steps, str(RunDirectory(root / "world").export))]
+    for name, class_path, init_args, steps, tokenizer in jobs:
+        if not _finished(root, name):
+            config = settings(name, class_path, init_args, steps, tokenizer)
+            resume = _resume_arguments(root, name)
+            config["run"].update(resume.pop("run", {}))
+            run({**config, **resume})
+    return {"world": RunDirectory(root / "world").export, "bwarea": RunDirectory(root / "policy").export,
+            "ar": RunDirectory(root / "ar").export}
+
+
+def finetune(export: Path, root: Path, name: str, budget: FinetuneBudget) -> Path:
+    """ReMax (or another objective) on the training split; returns the fine-tuned export."""
+    from training.finetune import run
+
+    if not _finished(root, name):
+        config = {
+            "seed_everything": budget.seed,
+            "run": {"name": name, "root": str(root), "checkpoint_every_n_steps": max(budget.updates // 4, 1), "wandb": False},
+            "model": {"pretrained": str(export), "env": budget.env, "env_options": budget.env_options,
+                      "task_pool": budget.task_pool, "episodes_per_update": budget.episodes_per_update,
+                      "updates": budget.updates, "objective": budget.objective,
+                      "objective_options": budget.objective_options, "rollout": asdict(budget.rollout),
+                      "learning_rate": budget.learning_rate, "seed": budget.seed},
+            "trainer": {"enable_progress_bar": budget.progress, "enable_model_summary": False, "log_every_n_steps": 1},
+        }
+        resume = _resume_arguments(root, name)
+        config["run"].update(resume.pop("run", {}))
+        run({**config, **resume})
+    return RunDirectory(root / name).export
+
+
+@dataclass
+class PolicyEvaluation:
+    """Held-out results of one model on one environment: success rate and normalised score in %, each a
+    mean with its standard error over episodes."""
+
+    env: str
+    success_rate: Estimate
+    normalised_score: Estimate
+    dropped: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"env": self.env, "success_rate": self.success_rate.to_dict(),
+                "normalised_score": self.normalised_score.to_dict(), "dropped": self.dropped}
+
+
+def evaluate_policy(export: Path, env: str, seeds: Iterable[int], env_options: dict[str, Any] | None = None,
+                    rollout: RolloutConfig | None = None, greedy: bool = True, batch_size: int = 16,
+                    generator_seed: int = 0, progress: bool = False) -> tuple[PolicyEvaluation, list[Episode]]:
+    """Play one episode per seed with the model as the policy (greedy actions by default)."""
+    model = bwarea.load_pretrained(export).eval()
+    engine = RolloutEngine(model, bwarea.load_tokenizer(export), rollout or RolloutConfig(max_turns=8, max_new_tokens=12))
+    options = dict(env_options or {})
+    seeds = list(seeds)
+    generator = torch.Generator().manual_seed(generator_seed)
+    episodes: list[Episode] = []
+    with tqdm(total=len(seeds), desc=f"evaluating on {env}", unit="episode", disable=not progress) as bar:
+        for start in range(0, len(seeds), batch_size):
+            episodes += engine.run(lambda: envs.make(env, **options), seeds[start:start + batch_size], greedy=greedy,
+                                   generator=generator)
+            bar.update(len(seeds[start:start + batch_size]))
+    kept = [e for e in episodes if not e.dropped]
+    if not kept:
+        raise RuntimeError(f"every evaluation episode on {env} failed; the first error: {episodes[0].error}")
+    return PolicyEvaluation(env, estimate([100.0 * e.won for e in kept], "%"),
+                            estimate([100.0 * e.normalised_score for e in kept], "%"), len(episodes) - len(kept)), episodes

@@ -1,0 +1,342 @@
+"""Reward fine-tuning of the cognitive policy (BWArea) or of the whole AR baseline, with Lightning.
+
+    bwarea finetune --config configs/finetune/textworld-remax.yaml
+    bwarea finetune --config configs/finetune/textworld-remax.yaml --ckpt_path last      # resume
+
+One update = one batch of rollouts and one optimizer step (ReMax, PM-RLHF, KL-RLHF), or a few
+epochs of minibatch steps (PPO). For BWArea only the cognitive policy is trained; the world model,
+inverse dynamics and codebook stay frozen. The same code fine-tunes the AR baseline (tokens are its
+actions, all weights train), which is the comparison every report shows.
+
+Exact resume: the tasks of update u and the sampling generator are pure functions of (seed, u), and
+u is stored in the checkpoint with the weights and optimizer state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+import bwarea
+import envs
+from bwarea import BWAreaModel, ScalarModel
+from training.objectives import OBJECTIVES, gae, get_objective, whiten
+from training.reward_model import RewardScorer
+from training.rollout import (Episode, ReferencePolicy, RolloutConfig, RolloutEngine, build_rollout_batch, summarize)
+from training.runs import RunCLI, UserError, cli_main, peak_memory_mb, read_training_info, run_cli
+
+TRAINABLE_PARTS = ("policy", "world", "inverse", "codebook")
+GREEDY_BASELINE_OBJECTIVES = ("remax", "pm_rlhf", "conditional_pm_rlhf", "kl_rlhf")
+
+
+def task_seeds(update: int, per_update: int, pool: int, seed: int) -> list[int]:
+    """The task indices of update `update`: a stream of seeded permutations of range(pool)."""
+    picks = []
+    for k in range(update * per_update, (update + 1) * per_update):
+        epoch, position = divmod(k, pool)
+        order = torch.randperm(pool, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        picks.append(int(order[position]))
+    return picks
+
+
+class FinetuneError(UserError, ValueError):
+    """A fine-tuning setting or input that cannot be used."""
+
+
+class FinetuneStopped(UserError, RuntimeError):
+    """Too many consecutive updates had to be skipped (non-finite loss, rewards or gradients)."""
+
+
+# exports a reward fine-tune may start from: stage 2 (a whole BWArea model), the AR baseline, or an earlier fine-tune
+STARTING_STAGES = {"policy", "ar", "finetune"}
+
+
+class _Updates(IterableDataset):
+    """Yields the indices of the updates still to run (the module's counter survives resumes)."""
+
+    def __init__(self, module: "FinetuneModule"):
+        self.module = module
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.module.completed_updates, self.module.hparams.updates))
+
+
+class FinetuneModule(L.LightningModule):
+    """Policy fine-tuning against environment (or reward-model) rewards with manual optimization.
+
+    Args:
+        pretrained: directory of a save_pretrained export to start from (a stage-2 BWArea model, or the AR baseline).
+        env: environment name(s) for envs.make, e.g. "textworld/coin-easy", "crafter", or a list such as
+            ["bbh/navigate", "bbh/web_of_lies"] (the task pool then holds task_pool tasks of each).
+        env_options: keyword arguments for envs.make (the training split is always used).
+        task_pool: training tasks per environment (indices 0..task_pool-1 of the training split / world seeds).
+        episodes_per_update: sampled episodes per update (ReMax also plays one greedy episode per task).
+        updates: number of updates (rollout batches) to run.
+        objective: "remax", "pm_rlhf", "conditional_pm_rlhf", "kl_rlhf" or "ppo".
+        objective_options: keyword arguments of the objective (e.g. beta, kl_coef, advantage_clip).
+        rollout: how episodes are played (horizon, tokens per turn, temperature, prompt format).
+        learning_rate / weight_decay / max_grad_norm: AdamW settings and gradient clipping of the policy.
+        trainable: parts to train; BWArea fine-tuning trains only "policy" (anything else is refused).
+        reward_model: optional directory of a ScalarModel export; its score of each episode's transcript
+            replaces the environment reward.
+        max_bad_batches: consecutive skipped updates (non-finite loss/advantages, no usable episode)
+            tolerated before the run stops with an error.
+        ppo_epochs / ppo_minibatches / value_learning_rate / gae_gamma / gae_lambda: PPO settings.
+        seed: seeds task order and sampling.
+    """
+
+    def __init__(self, pretrained: str, env: str | list[str] = "textworld/coin-easy", env_options: dict[str, Any] | None = None,
+                 task_pool: int = 64, episodes_per_update: int = 8, updates: int = 50, objective: str = "remax",
+                 objective_options: dict[str, Any] | None = None, rollout: RolloutConfig = RolloutConfig(),
+                 learning_rate: float = 1e-4, weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
+                 trainable: list[str] | None = None, reward_model: str | None = None, max_bad_batches: int = 3,
+                 ppo_epochs: int = 4, ppo_minibatches: int = 2, value_learning_rate: float = 1e-4,
+                 gae_gamma: float = 1.0, gae_lambda: float = 0.95, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters({**locals_without_self(locals()), "rollout": asdict(rollout)})
+        self.automatic_optimization = False
+        for name, value in (("task_pool", task_pool), ("episodes_per_update", episodes_per_update), ("updates", updates)):
+            if value < 1:
+                raise FinetuneError(f"model.{name} must be at least 1, got {value}.")
+        if objective not in OBJECTIVES:
+            raise FinetuneError(f"model.objective {objective!r} is unknown; choose one of: {', '.join(sorted(OBJECTIVES))}.")
+        self.objective = get_objective(objective)
+        self.objective_options = dict(objective_options or {})
+        self.rollout_config = rollout
+        self.env_names = [env] if isinstance(env, str) else list(env)
+        if not self.env_names:
+            raise FinetuneError("model.env is empty; name at least one environment, e.g. textworld/coin-easy.")
+        self.env_options = dict(env_options or {})
+        for name in self.env_names:  # a bad environment name or option fails here, before any work
+            self.make_env(name).close()
+
+        self.base_info = read_training_info(pretrained, purpose="model.pretrained of `bwarea finetune`")
+        if self.base_info["stage"] not in STARTING_STAGES:
+            raise FinetuneError(
+                f"model.pretrained {pretrained} is the export of stage {self.base_info['stage']!r}; fine-tuning starts from a "
+                "stage-2 BWArea export (bwarea pretrain with training.pretrain.PolicyStage), an AR baseline export or an "
+                "earlier fine-tune — a stage-1 export's cognitive policy is untrained.")
+        self.policy_model = bwarea.load_pretrained(pretrained)
+        self.tokenizer = bwarea.load_tokenizer(pretrained)
+        self._check_trainable(trainable or ["policy"])
+        self.policy_model.requires_grad_(False)
+        for parameter in self.policy_model.policy_parameters():
+            parameter.requires_grad_(True)
+        self.reference = ReferencePolicy(self.policy_model)
+        self.value_model = ScalarModel.from_trunk(self._policy_trunk(), self.policy_model.config) if objective == "ppo" else None
+        scorer = None
+        if reward_model is not None:
+            reward_network = bwarea.load_pretrained(reward_model)
+            if not isinstance(reward_network, ScalarModel):
+                raise FinetuneError(f"model.reward_model {reward_model} is not a reward model export (model_type bwarea-scalar); "
+                                    "train one with training.reward_model.train_reward_model.")
+            rm_scorer = RewardScorer(reward_network.requires_grad_(False), bwarea.load_tokenizer(reward_model))
+            scorer = lambda transcripts, commands: rm_scorer(transcripts, [""] * len(transcripts)).tolist()  # noqa: E731
+        self.engine = RolloutEngine(self.policy_model, self.tokenizer, rollout, self.reference, scorer)
+        self.completed_updates = 0
+        self.bad_batches = 0
+        self.skipped_batches = 0
+        self.dropped_episodes = 0
+
+    # --- set-up -------------------------------------------------------------------------------
+    def _check_trainable(self, trainable: list[str]) -> None:
+        unknown = sorted(set(trainable) - set(TRAINABLE_PARTS))
+        if unknown:
+            raise FinetuneError(f"model.trainable part(s) {unknown} unknown; choose from {list(TRAINABLE_PARTS)}.")
+        if set(trainable) != {"policy"}:
+            frozen = sorted(set(trainable) - {"policy"})
+            raise FinetuneError(f"model.trainable={trainable} asks to train {frozen}, but reward fine-tuning trains only the "
+                                "cognitive policy (world model, inverse dynamics and codebook stay frozen); use trainable: [policy].")
+
+    def _policy_trunk(self):
+        model = self.policy_model
+        return model.policy.trunk if isinstance(model, BWAreaModel) else model.trunk
+
+    def make_env(self, name: str):
+        """A training environment: TextWorld games and BIG-Bench Hard items from their training split,
+        Crafter worlds by seed."""
+        options = self.env_options if name == "crafter" else {**self.env_options, "split": "train"}
+        return envs.make(name, **options)
+
+    def play(self, tasks: list[int], greedy: bool, generator: torch.Generator | None = None) -> list[Episode]:
+        """One episode per task of the pool (task k = index k // len(envs) of environment k % len(envs))."""
+        episodes: dict[int, Episode] = {}
+        count = len(self.env_names)
+        for env_index, name in enumerate(self.env_names):
+            positions = [p for p, task in enumerate(tasks) if task % count == env_index]
+            if positions:
+                played = self.engine.run(lambda: self.make_env(name), [tasks[p] // count for p in positions],
+                                         greedy=greedy, generator=generator)
+                episodes.update(zip(positions, played))
+        return [episodes[p] for p in range(len(tasks))]
+
+    def configure_optimizers(self):
+        groups = [{"params": self.policy_model.policy_parameters(), "lr": self.hparams.learning_rate}]
+        if self.value_model is not None:
+            groups.append({"params": list(self.value_model.parameters()), "lr": self.hparams.value_learning_rate})
+        return torch.optim.AdamW(groups, weight_decay=self.hparams.weight_decay)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Updates(self), batch_size=None)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["finetune_state"] = {"completed_updates": self.completed_updates, "skipped_batches": self.skipped_batches,
+                                        "dropped_episodes": self.dropped_episodes, "bad_batches": self.bad_batches}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("finetune_state")
+        if state is None:
+            raise FinetuneError("this checkpoint was not written by `bwarea finetune` (no finetune_state); "
+                                "start from an export directory with --model.pretrained instead.")
+        self.completed_updates = state["completed_updates"]
+        self.skipped_batches = state["skipped_batches"]
+        self.dropped_episodes = state["dropped_episodes"]
+        self.bad_batches = state["bad_batches"]
+
+    # --- one update -----------------------------------------------------------------------------
+    def training_step(self, update: int, batch_idx: int) -> None:
+        hp = self.hparams
+        started = time.perf_counter()
+        tokens_before = self.engine.generated_tokens
+        tasks = task_seeds(update, hp.episodes_per_update, hp.task_pool * len(self.env_names), hp.seed)
+        generator = torch.Generator().manual_seed(hp.seed * 1_000_003 + update)
+        sampled = self.play(tasks, greedy=False, generator=generator)
+        greedy = None
+        if hp.objective in GREEDY_BASELINE_OBJECTIVES and self.objective_options.get("baseline", "greedy") == "greedy":
+            greedy = self.play(tasks, greedy=True)
+        kept, baselines = self._usable(sampled, greedy)
+        metrics = {"reward/sampled": summarize(sampled).mean_reward, "success_rate": summarize(sampled).success_rate,
+                   "episodes/dropped_total": float(self.dropped_episodes)}
+        if greedy is not None:
+            metrics["reward/greedy"] = summarize(greedy).mean_reward
+        if kept:
+            step_metrics = self._ppo_update(kept) if hp.objective == "ppo" else self._reinforce_update(kept, baselines)
+            metrics.update(step_metrics)
+        else:
+            self._skip("no usable episode in this rollout batch (all dropped)")
+        elapsed = time.perf_counter() - started
+        metrics.update({"tokens_per_second": (self.engine.generated_tokens - tokens_before) / max(elapsed, 1e-9),
+                        "seconds_per_update": elapsed, "peak_memory_mb": peak_memory_mb(),
+                        "batches/skipped_total": float(self.skipped_batches)})
+        self.completed_updates = update + 1
+        self.log_dict({f"finetune/{k}": v for k, v in metrics.items()}, on_step=True, batch_size=len(tasks))
+        self.log("reward", metrics["reward/sampled"], prog_bar=True, on_step=True, logger=False, batch_size=len(tasks))
+
+    def _usable(self, sampled: list[Episode], greedy: list[Episode] | None) -> tuple[list[Episode], list[float] | None]:
+        """Episodes to learn from: ReMax pairs where both the sampled and the greedy episode survived."""
+        if greedy is None:
+            kept = [e for e in sampled if not e.dropped]
+            self.dropped_episodes += len(sampled) - len(kept)
+            return kept, None
+        pairs = [(s, g) for s, g in zip(sampled, greedy) if not s.dropped and not g.dropped]
+        self.dropped_episodes += sum(e.dropped for e in sampled + greedy)
+        return [s for s, _ in pairs], [g.total_reward for _, g in pairs]
+
+    def _skip(self, reason: str) -> None:
+        self.skipped_batches += 1
+        self.bad_batches += 1
+        if self.bad_batches > self.hparams.max_bad_batches:
+            raise FinetuneStopped(f"stopping fine-tuning: {self.bad_batches} consecutive updates were skipped (last: {reason}); "
+                                  "check the rewards, the learning rate and the environment, then resume from the last checkpoint.")
+
+    def _optimizer_step(self, loss: torch.Tensor, parameters: list[torch.nn.Parameter]) -> bool:
+        if not torch.isfinite(loss):
+            self._skip(f"loss is {float(loss)}")
+            return False
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, self.hparams.max_grad_norm or math.inf)
+        if not torch.isfinite(grad_norm):
+            optimizer.zero_grad()
+            self._skip(f"gradient norm is {float(grad_norm)}")
+            return False
+        optimizer.step()
+        self.bad_batches = 0
+        return True
+
+    def _reinforce_update(self, episodes: list[Episode], baselines: list[float] | None) -> dict[str, float]:
+        log_probs, entropy = self.engine.policy_log_probs(episodes)
+        batch = build_rollout_batch(episodes, log_probs, entropy, baselines)
+        if batch.baseline_returns is not None and not torch.isfinite(batch.baseline_returns).all():
+            self._skip("non-finite greedy rewards")
+            return {}
+        if not torch.isfinite(batch.token_rewards).all():
+            self._skip("non-finite rewards")
+            return {}
+        loss, metrics = self.objective(batch, **self.objective_options)
+        self._optimizer_step(loss, self.policy_model.policy_parameters())
+        return {**metrics, "loss": float(loss.detach())}
+
+    def _ppo_update(self, episodes: list[Episode]) -> dict[str, float]:
+        hp = self.hparams
+        with torch.no_grad():
+            old_values = self.engine.values(self.value_model, episodes)
+        first = build_rollout_batch(episodes, torch.zeros_like(old_values))
+        advantages, returns = gae(first.token_rewards, old_values, first.mask, hp.gae_gamma, hp.gae_lambda)
+        advantages = whiten(advantages, first.mask)
+        if not torch.isfinite(advantages).all():
+            self._skip("non-finite advantages")
+            return {}
+        metrics: dict[str, float] = {}
+        order = torch.randperm(len(episodes), generator=torch.Generator().manual_seed(hp.seed + self.completed_updates))
+        parameters = [*self.policy_model.policy_parameters(), *self.value_model.parameters()]
+        for _ in range(hp.ppo_epochs):
+            for rows in order.chunk(max(1, min(hp.ppo_minibatches, len(episodes)))):
+                chosen = [episodes[i] for i in rows.tolist()]
+                log_probs, entropy = self.engine.policy_log_probs(chosen)
+                batch = build_rollout_batch(chosen, log_probs, entropy)
+                width = batch.mask.shape[1]
+                batch.values = self.engine.values(self.value_model, chosen)
+                batch.old_values = old_values[rows][:, :width]
+                batch.advantages = advantages[rows][:, :width]
+                batch.returns = returns[rows][:, :width]
+                loss, metrics = self.objective(batch, **self.objective_options)
+                self._optimizer_step(loss, parameters)
+        return {**metrics, "advantage_mean": float(advantages[first.mask].mean())}
+
+    # --- export (training.runs.ExportOnTrainEnd) --------------------------------------------
+    def export_pretrained(self, directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
+        """save_pretrained of the fine-tuned model (frozen parts included) with its tokenizer. Fine-tuning runs
+        in one process, so the module's own weights are the state to export."""
+        self.policy_model.save_pretrained(directory, tokenizer=self.tokenizer)
+
+    def training_info(self) -> dict[str, Any]:
+        hp = self.hparams
+        return {"stage": "finetune", "model_type": self.policy_model.config.model_type, "pretrained": hp.pretrained,
+                "base_stage": self.base_info["stage"], "env": hp.env, "objective": hp.objective,
+                "objective_options": self.objective_options, "updates": self.completed_updates,
+                "episodes_per_update": hp.episodes_per_update, "task_pool": hp.task_pool,
+                "skipped_batches": self.skipped_batches, "dropped_episodes": self.dropped_episodes,
+                "trained_parameters": sum(p.numel() for p in self.policy_model.policy_parameters())}
+
+
+def locals_without_self(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k not in ("self", "__class__")}
+
+
+class FinetuneCLI(RunCLI):
+    prog = "bwarea finetune"
+    description = __doc__.split("\n\n")[0]
+    model_class = FinetuneModule
+    # one pass over the update indices still to run (model.updates sets the length; under PPO an update takes
+    # several optimizer steps, so trainer.max_steps would not count updates)
+    trainer_defaults = {"max_epochs": 1, "log_every_n_steps": 1, "num_sanity_val_steps": 0, "enable_model_summary": False,
+                        "precision": "32-true"}
+
+
+def run(args: list[str] | dict[str, Any] | None = None, exit_on_error: bool = False) -> Path:
+    """Run `bwarea finetune` in this process; returns the run directory (the fine-tuned model is run_dir / "export")."""
+    return run_cli(FinetuneCLI, args, exit_on_error)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main(FinetuneCLI, argv)

@@ -1,0 +1,353 @@
+"""`bwarea play`: play an environment yourself in the terminal, or watch an agent play it step by step.
+
+    bwarea play --env textworld/coin-easy --seed 3                 # type commands, or the number of one
+    bwarea play --env crafter --frames runs/play/frames            # action names; a PNG of the world per step
+    bwarea play --env bbh/navigate --bbh_data_dir ../shared/data/bbh
+    bwarea play --env crafter --agent random                       # the agent suggests; Enter accepts
+    bwarea play --env crafter --agent spring --watch true          # watch SPRING: each DAG question and answer
+    bwarea play --env textworld/coin-easy --agent own_model --watch true \\
+        --agent_overrides '{"backend": {"model": "runs/quickstart/finetune/bwarea/export"}}'   # latent action per token
+
+Episode `--seed N` is episode N as `bwarea evaluate` numbers them: TextWorld game N of `--split`, BIG-Bench
+Hard item N, Crafter world 2,000,000 + N on the test split. While playing, a line starting with ":" is a
+command for the player, not the game: `:help`, `:actions` (list the valid actions), `:quit`. An empty
+line takes the agent's suggestion. End of input (Ctrl-D) or Ctrl-C ends the game; either way the episode
+is saved to `<out>/episode.json` in the format of `bwarea evaluate`'s episodes.jsonl lines, plus
+`player` and `ended`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+import agents
+import envs
+from bwarea.checkpoint import atomic_write, atomic_write_text
+from envs.transcript import tidy_command
+from training.evaluate import EpisodeRecorder, EvaluationError, env_options, env_seed, family_of
+
+HELP = """Type an action and press Enter (a number picks from the listed actions).
+  :actions  list the valid actions      :help  this help      :quit  stop (Ctrl-D and Ctrl-C too)
+  an empty line takes the agent's suggestion (with --agent)"""
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class PlayConfig:
+    """What `bwarea play` needs; see build_parser for each option."""
+
+    env: str
+    seed: int = 0
+    split: str = "test"
+    agent: str | dict[str, Any] | None = None
+    agent_overrides: dict[str, Any] = field(default_factory=dict)
+    watch: bool = False
+    pause: bool = True
+    frames: str | None = None
+    frame_size: int = 256
+    out: str | None = None
+    max_steps: int | None = None
+    show_actions: bool = True
+    textworld_cache_dir: str | None = None
+    bbh_data_dir: str | None = None
+    bbh_shots: int = 0
+
+    def __post_init__(self) -> None:
+        if self.env not in envs.names():
+            raise EvaluationError(f"unknown environment {self.env!r}; valid names are {', '.join(envs.PATTERNS)} "
+                                  "(e.g. textworld/coin-easy, crafter, bbh/navigate).")
+        if self.watch and self.agent is None:
+            raise EvaluationError("--watch shows an agent playing; name one with --agent (e.g. --agent random).")
+        if self.frames is not None and family_of(self.env) != "crafter":
+            raise EvaluationError(f"--frames saves Crafter's pictures; {self.env} is text only.")
+        if self.seed < 0:
+            raise EvaluationError(f"--seed is an episode index (0 or more), got {self.seed}.")
+
+
+class Session:
+    """One episode in the terminal: reads lines from `input_stream`, writes to `output`."""
+
+    def __init__(self, config: PlayConfig, input_stream: TextIO | None = None, output: TextIO | None = None) -> None:
+        self.config = config
+        self.input = input_stream if input_stream is not None else sys.stdin
+        self.output = output if output is not None else sys.stdout
+        options = env_options(config.env, config.split, config.max_steps, config.textworld_cache_dir,
+                              config.bbh_data_dir, config.bbh_shots)
+        if config.frames is not None:
+            options.update(render_mode="rgb_array", size=(config.frame_size, config.frame_size))
+        self.env = envs.make(config.env, **options)
+        self.agent = agents.make_agent(config.agent, overrides=config.agent_overrides) if config.agent is not None else None
+        if self.agent is not None and self.agent.name == "human":
+            raise EvaluationError("--agent human is you; leave --agent out to play yourself.")
+        self.reset_seed = env_seed(config.env, config.split, config.seed)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.out = Path(config.out) if config.out else Path("runs") / "play" / f"{config.env.replace('/', '_')}-{config.seed}-{stamp}"
+        self.recorder: EpisodeRecorder | None = None
+        self.shown_actions: list[str] | None = None
+
+    # -- terminal helpers -----------------------------------------------------------------------
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.output, flush=True)
+
+    def ask(self, prompt: str) -> str:
+        """One line from the player; EOFError at end of input. Uses input() (line editing) on a real terminal."""
+        if self.input is sys.stdin and self.output is sys.stdout:
+            return input(prompt)
+        self.output.write(prompt)
+        self.output.flush()
+        line = self.input.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\n")
+
+    def show_actions(self, info: Mapping[str, Any], force: bool = False) -> None:
+        admissible = list(info.get("admissible_actions") or [])
+        if admissible and (force or (self.config.show_actions and admissible != self.shown_actions)):
+            self.say("Actions: " + "  ".join(f"{i}) {action}" for i, action in enumerate(admissible, 1)))
+            self.shown_actions = admissible
+
+    def save_frame(self, step: int) -> None:
+        if self.config.frames is None:
+            return
+        from PIL import Image
+
+        frame = self.env.render()
+        path = Path(self.config.frames) / f"step-{step:05d}.png"
+        atomic_write(path, lambda temp: Image.fromarray(frame).save(temp, format="PNG"))
+
+    # -- the episode ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Play until the episode ends, the player quits, input ends or Ctrl-C; always save. Returns the exit code."""
+        ended, code = "error", 0
+        try:
+            ended = self._loop()
+        except EOFError:
+            ended = "end of input"
+            self.say()
+        except KeyboardInterrupt:
+            ended, code = "interrupted", EXIT_INTERRUPTED
+            self.say()
+        finally:
+            path = self.save(ended)
+            if path is not None:
+                self.say(f"Episode ({ended}) saved to {path}")
+        return code
+
+    def _loop(self) -> str:
+        config = self.config
+        observation, info = self.env.reset(seed=self.reset_seed)
+        self.recorder = EpisodeRecorder(config.env, 0, 0, config.seed, self.reset_seed, observation, info)
+        player = f"agent {config.agent}" if config.watch else "you"
+        self.say(f"== {config.env}, episode {config.seed} ({config.split} split), played by {player} ==")
+        if info.get("task") and family_of(config.env) != "bbh":
+            self.say(f"Objective: {info['task']}")
+        if not config.watch:
+            self.say(HELP)
+        if self.agent is not None:
+            self.agent.reset(info)
+        self.save_frame(0)
+        step = 0
+        while True:
+            self.say()
+            self.say(observation)
+            trace, suggestion = None, None
+            if self.agent is not None:
+                suggestion = self.agent.act(observation, info)
+                trace = self.agent.last_traces[0]
+            if config.watch:
+                self.show_trace(trace)
+                action = suggestion
+                if config.pause:
+                    typed = self.ask("[Enter: next step, :quit: stop] ").strip()
+                    if typed in (":q", ":quit"):
+                        return "quit"
+            else:
+                self.show_actions(info)
+                if suggestion is not None:
+                    self.say(f"Suggestion ({config.agent}): {suggestion}")
+                action = self.read_action(info, suggestion)
+                if action is None:
+                    return "quit"
+                if self.agent is not None and action != suggestion:
+                    self.tell_agent(action)
+            observation, reward, terminated, truncated, info = self.env.step(action)
+            step += 1
+            self.recorder.step(action, reward, observation, info, terminated, truncated, trace)
+            if suggestion is not None and not config.watch:
+                self.recorder.trajectory[-1]["suggestion"] = suggestion
+            self.save_frame(step)
+            self.say(self.status(action, reward, info))
+            if terminated or truncated:
+                self.say()
+                self.say(observation if family_of(config.env) != "bbh" else "")
+                return self.outcome(info, truncated)
+
+    def read_action(self, info: Mapping[str, Any], suggestion: str | None) -> str | None:
+        """The player's next action (None: quit). Handles :commands, numbers and empty lines."""
+        admissible = list(info.get("admissible_actions") or [])
+        while True:
+            typed = self.ask("> ").strip()
+            if typed in (":q", ":quit"):
+                return None
+            if typed == ":help":
+                self.say(HELP)
+                continue
+            if typed == ":actions":
+                self.show_actions(info, force=True)
+                continue
+            if not typed:
+                if suggestion is not None:
+                    return suggestion
+                continue
+            if typed.startswith(":"):
+                self.say(f"Unknown command {typed!r}. {HELP}")
+                continue
+            if typed.isdigit() and admissible:
+                if 1 <= int(typed) <= len(admissible):
+                    return admissible[int(typed) - 1]
+                if family_of(self.config.env) != "bbh":   # BBH answers may be numbers themselves
+                    self.say(f"There are {len(admissible)} actions; type 1..{len(admissible)} or an action.")
+                    continue
+            return typed
+
+    def tell_agent(self, action: str) -> None:
+        """The agent recorded its own suggestion as this turn's action; the player chose another, so its history
+        (the transcript its next prompt is built from) must say what was really done."""
+        transcript = self.agent.slots[0].transcript
+        if transcript.turns:
+            transcript.turns[-1] = (transcript.turns[-1][0], tidy_command(action))
+
+    def status(self, action: str, reward: float, info: Mapping[str, Any]) -> str:
+        family = family_of(self.config.env)
+        if family == "bbh":
+            verdict = "correct" if info.get("won") else f"wrong; the answer is {info.get('target')}"
+            return f"Answer: {info.get('extracted_answer') or action!r} -> {verdict}."
+        parts = [f"[{info.get('action') or action}] reward {reward:+.2f}"]   # Crafter: the action name it understood
+        if family == "textworld":
+            parts.append(f"score {info.get('score')}/{info.get('max_score')}")
+        else:
+            if info.get("new_achievements"):
+                parts.append("new achievement: " + ", ".join(info["new_achievements"]))
+            parts.append(f"achievements {len(info.get('achievements', []))}/22")
+        parts.append(f"step {info.get('steps')}/{info.get('max_steps')}")
+        if info.get("invalid_action"):
+            parts.append("(not a valid action)")
+        return " · ".join(parts)
+
+    def outcome(self, info: Mapping[str, Any], truncated: bool) -> str:
+        if info.get("won"):
+            result = "won"
+        elif info.get("lost"):
+            result = "lost"
+        else:
+            result = "out of steps" if truncated else "over"
+        self.say(f"Game {result}. Score {info.get('score')}/{info.get('max_score')}.")
+        return result
+
+    def show_trace(self, trace: agents.StepTrace | None) -> None:
+        """An agent's step: each DAG node's question and answer, the latent action behind each generated token
+        (BWArea backends), and the action it parsed."""
+        if trace is None:
+            return
+        tokenizer = getattr(getattr(self.agent, "backend", None), "tokenizer", None)
+        for node in trace.nodes:
+            question = node_question(node.request)
+            self.say(f"  [{node.node}] {question}" if question else f"  [{node.node}]")
+            self.say(f"    -> {node.answer}" + (f"  (error: {node.error})" if node.error else ""))
+            actions = node.metadata.get("actions") or []
+            token_ids = node.metadata.get("token_ids") or []
+            if actions:
+                tokens = [tokenizer.decode([t]) if tokenizer is not None else str(t) for t in token_ids]
+                self.say("    latent action per token: " + " ".join(f"{tok!r}:{a}" for tok, a in zip(tokens, actions)))
+        how = f"{trace.parse_method}{', fallback' if trace.fallback else ''}"
+        self.say(f"Agent action: {trace.action}  ({how})")
+
+    def save(self, ended: str) -> Path | None:
+        if self.recorder is None:
+            return None
+        record = self.recorder.record()
+        record.update(player="human" if not self.config.watch else "agent",
+                      agent=self.config.agent if isinstance(self.config.agent, (str, type(None))) else "inline mapping",
+                      ended=ended, split=self.config.split)
+        path = self.out / "episode.json"
+        atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+        return path
+
+
+def node_question(request: Mapping[str, Any]) -> str:
+    """The question a DAG node asked (the text after the last "Question:" of its chat prompt); for a raw prompt
+    (own models), its end."""
+    messages = request.get("messages") or []
+    if messages:
+        text = messages[-1]["content"]
+        return text.rsplit("Question:", 1)[1].strip() if "Question:" in text else text.strip()[-160:]
+    prompt = str(request.get("prompt") or "")
+    return f"(raw prompt ending {prompt[-60:]!r})" if prompt else ""
+
+
+def build_parser() -> ArgumentParser:
+    defaults = PlayConfig(env="crafter")
+    parser = ArgumentParser(prog="bwarea play", description=__doc__.split("\n\n")[0], default_env=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
+    parser.add_argument("--env", type=str, required=True,
+                        help="Environment: textworld/<preset>, crafter or bbh/<task> (see envs.names()).")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="Episode index: TextWorld game / BBH item / Crafter world N of the split.")
+    parser.add_argument("--split", type=str, default=defaults.split,
+                        help="TextWorld and Crafter: train / validation / test; BIG-Bench Hard: train / test / all.")
+    parser.add_argument("--agent", type=str | dict | None, default=None,
+                        help="Agent config (name in configs/agents or YAML path): its suggestion is shown each turn, "
+                             "or with --watch it plays.")
+    parser.add_argument("--agent_overrides", type=dict, default={}, help="Deep-merged into the agent config.")
+    parser.add_argument("--watch", type=bool, default=defaults.watch,
+                        help="Watch the agent play: each DAG node's question and answer, or the latent action per token.")
+    parser.add_argument("--pause", type=bool, default=defaults.pause,
+                        help="With --watch, wait for Enter before each step (false: run through).")
+    parser.add_argument("--frames", type=str | None, default=None,
+                        help="Crafter: save the picture of the world after every step as <dir>/step-NNNNN.png.")
+    parser.add_argument("--frame_size", type=int, default=defaults.frame_size, help="Crafter picture size in pixels.")
+    parser.add_argument("--out", type=str | None, default=None,
+                        help="Directory for episode.json (default runs/play/<env>-<seed>-<time>).")
+    parser.add_argument("--max_steps", type=int | None, default=None,
+                        help="Step limit (default: the environment's own: TextWorld per preset, Crafter 10000).")
+    parser.add_argument("--show_actions", type=bool, default=defaults.show_actions,
+                        help="List the valid actions whenever they change.")
+    parser.add_argument("--textworld_cache_dir", type=str | None, default=None, help="TextWorld game cache directory.")
+    parser.add_argument("--bbh_data_dir", type=str | None, default=None,
+                        help="BIG-Bench Hard copy (tasks/, cot-prompts/); default $BWAREA_BBH_DIR.")
+    parser.add_argument("--bbh_shots", type=int, default=defaults.bbh_shots, help="BIG-Bench Hard prompt: 0 or 3 shots.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    options = {name: args[name] for name in PlayConfig.__dataclass_fields__}
+    options["agent_overrides"] = dict(args.agent_overrides or {})
+    if isinstance(options["agent"], Mapping):
+        options["agent"] = dict(options["agent"])
+    try:
+        import readline  # noqa: F401  (line editing and history for input() on a terminal)
+    except ImportError:
+        pass
+    try:
+        session = Session(PlayConfig(**options))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"bwarea play: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return session.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""`bwarea quickstart`: the whole BWArea story on one CPU machine in about a quarter of an hour.
+
+    bwarea quickstart                                           # configs/quickstart/default.yaml
+    bwarea quickstart --config configs/quickstart/micro.yaml    # a one-minute smoke run
+    bwarea quickstart --pretrain.steps 800 --out runs/qs-long   # any option overridable
+
+Steps, all under one run directory (`out`):
+ 1. TextWorld games for the training and held-out splits (generated once into the game cache) and a
+    pretraining corpus of their transcripts (walkthroughs + exploratory episodes);
+ 2. tokenizer (trained on the corpus, cached), BWArea stage 1 (world model + inverse dynamics), stage 2
+    (cognitive policy) and the equal-size autoregressive baseline with the same data and token budget;
+ 3. held-out evaluation of both (greedy), ReMax fine-tuning of both on the training games (BWArea: the
+    policy only), held-out evaluation again;
+ 4. the comparison table (report.md, summary.json) and plots (plots/*.png);
+ 5. a few steps of the SPRING agent on Crafter with the tiny BWArea model as its LLM, showing the DAG trace.
+
+Re-running with the same `out` reuses every finished step (games, corpus, tokenizer, trained models);
+`--fresh true` retrains and re-evaluates but still reuses the game and tokenizer caches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from bwarea import CheckpointError, load_tokenizer
+from bwarea.checkpoint import atomic_write_text
+from training.experiment import (FinetuneBudget, PolicyEvaluation, PretrainBudget, build_corpus, evaluate_policy, finetune,
+                                 pretrain_pair)
+from training.rollout import Episode, RolloutConfig
+from training.runs import UserError, read_training_info
+
+MODELS = {"bwarea": "BWArea", "ar": "AR baseline"}
+
+
+@dataclass
+class QuickstartConfig:
+    """The quickstart's settings.
+
+    Args:
+        out: Run directory holding every output (models, evaluations, report, plots).
+        textworld_preset: TextWorld difficulty preset of the training and held-out games (envs.names()).
+        train_games: Training-split games: the corpus and the RL task pool.
+        test_games: Held-out (test-split) games for the before/after evaluation.
+        exploratory_per_game: Exploratory episodes (detours, failed commands) per training game in the corpus.
+        textworld_cache: Game cache directory (default: the envs package's cache, shared between runs).
+        pretrain: Pretraining settings shared by BWArea and the AR baseline.
+        finetune: ReMax settings shared by both (env, task pool and cache are filled in from the options above).
+        evaluation: How held-out episodes are played (greedy choices).
+        spring_steps: Crafter steps of the SPRING demo with the tiny BWArea model as its LLM (0 skips it).
+        fresh: Retrain and re-evaluate everything (the game and tokenizer caches are still reused).
+        threads: torch CPU threads (default: all cores).
+    """
+
+    out: str = "runs/quickstart"
+    textworld_preset: str = "coin-easy"
+    train_games: int = 64
+    test_games: int = 24
+    exploratory_per_game: int = 3
+    textworld_cache: str | None = None
+    pretrain: PretrainBudget = field(default_factory=PretrainBudget)
+    finetune: FinetuneBudget = field(default_factory=FinetuneBudget)
+    evaluation: RolloutConfig = field(default_factory=lambda: RolloutConfig(max_turns=8, max_new_tokens=12))
+    spring_steps: int = 3
+    fresh: bool = False
+    threads: int | None = None
+
+
+def _step(number: int, total: int, text: str) -> None:
+    print(f"\n[{number}/{total}] {text}", flush=True)
+
+
+def _evaluate(export: Path, config: QuickstartConfig, path: Path) -> tuple[PolicyEvaluation, list[Episode]]:
+    """Held-out evaluation, cached as JSON beside the episodes so a re-run reuses it."""
+    env = f"textworld/{config.textworld_preset}"
+    options = {"split": "test", "cache_dir": config.textworld_cache}
+    evaluation, episodes = evaluate_policy(export, env, range(config.test_games), options, config.evaluation,
+                                           progress=config.pretrain.progress)
+    atomic_write_text(path, json.dumps({"evaluation": evaluation.to_dict(),
+                                        "episodes": [_episode_record(e) for e in episodes]}, indent=1) + "\n")
+    return evaluation, episodes
+
+
+def _episode_record(episode: Episode) -> dict[str, Any]:
+    return {"seed": episode.seed, "won": episode.won, "score": episode.score, "max_score": episode.max_score,
+            "turns": len(episode.turns), "error": episode.error, "transcript": episode.transcript,
+            "actions": [turn.actions for turn in episode.turns], "tokens": [turn.tokens for turn in episode.turns]}
+
+
+def _machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+            f"with {torch.get_num_threads()} threads, Python {platform.python_version()}, {platform.system()}")
+
+
+def _report(config: QuickstartConfig, results: dict[str, dict[str, PolicyEvaluation]], infos: dict[str, dict],
+            seconds: float) -> str:
+    budget = config.pretrain
+    lines = [
+        "# bwarea quickstart report", "",
+        f"Machine: {_machine()}. Wall time: {seconds / 60:.1f} min.", "",
+        f"TextWorld `{config.textworld_preset}`: {config.train_games} training games (corpus + RL task pool), "
+        f"{config.test_games} held-out test games, greedy evaluation, at most {config.evaluation.max_turns} turns.",
+        f"Pretraining: preset `{budget.preset}` {budget.architecture or ''}, {budget.tokens:,} tokens per model "
+        f"({budget.steps} steps x {budget.batch_size} x {budget.block_size}); BWArea stage 2: {budget.policy_steps} steps.",
+        f"RL: {config.finetune.objective}, {config.finetune.updates} updates x {config.finetune.episodes_per_update} "
+        f"episodes, lr {config.finetune.learning_rate}; BWArea trains its cognitive policy only, AR all weights.", "",
+        "| model | parameters | trained by RL | success % before RL | success % after RL | score % before RL | score % after RL |",
+        "|---|---:|---:|---|---|---|---|",
+    ]
+    for key, label in MODELS.items():
+        before, after = results[key]["before"], results[key]["after"]
+        info = infos[key]
+        lines.append(f"| {label} | {info['parameters']:,} | {info['trained_parameters']:,} | {before.success_rate.format()} | "
+                     f"{after.success_rate.format()} | {before.normalised_score.format()} | {after.normalised_score.format()} |")
+    lines += ["", "Means ± standard errors over held-out games. Pretraining validation: "
+              + "; ".join(f"{MODELS[key]}: " + ", ".join(f"{name} {value:.3g}" for name, value in infos[key]["validation"].items())
+                          for key in MODELS) + ".", ""]
+    return "\n".join(lines)
+
+
+def _plots(out: Path, results: dict[str, dict[str, PolicyEvaluation]], episodes: list[Episode], tokenizer: Any) -> list[Path]:
+    from training.plots import plot_action_strip, plot_action_usage, plot_rl_comparison, plot_training_curves
+
+    plots = out / "plots"
+    runs = {"BWArea stage 1": out / "pretrain" / "world", "BWArea stage 2": out / "pretrain" / "policy",
+            "AR baseline": out / "pretrain" / "ar"}
+    finetune_runs = {MODELS[key]: out / "finetune" / key for key in MODELS}
+    table = {MODELS[key]: {f"{phase} RL": r.normalised_score.to_dict() for phase, r in phases.items()}
+             for key, phases in results.items()}
+    written = [plot_rl_comparison(table, plots / "rl_comparison.png", metric="held-out normalised score (%)"),
+               plot_training_curves(runs, plots / "pretraining_curves.png"),
+               plot_training_curves(finetune_runs, plots / "finetune_curves.png",
+                                    metrics=["finetune/reward/sampled", "finetune/reward/greedy", "finetune/entropy"])]
+    actions = [a for episode in episodes for turn in episode.turns for a in turn.actions]
+    if actions:
+        written.append(plot_action_usage(actions, plots / "action_usage.png"))
+        turn = next(turn for episode in episodes for turn in episode.turns if turn.tokens)
+        written.append(plot_action_strip([tokenizer.decode([t]) for t in turn.tokens], turn.actions,
+                                         plots / "action_strip.png", title=f"'{turn.command}': latent action per token"))
+    return written
+
+
+def _spring_demo(export: Path, steps: int) -> None:
+    """A few Crafter steps of SPRING with the tiny model as the LLM: the DAG trace, node by node."""
+    import agents
+    import envs
+
+    agent = agents.make_agent("spring", overrides={
+        "backend": {"type": "bwarea", "model": str(export), "token_temperature": 0.0},
+        "agent": {"max_tokens": 16, "temperature": 1.0, "context": {"read": False, "max_chars": 600}},
+    })
+    env = envs.make("crafter")
+    observation, info = env.reset(seed=0)
+    agent.reset(info)
+    for step in range(steps):
+        action = agent.act(observation, info)
+        trace = agent.last_traces[0]
+        print(f"--- Crafter step {step + 1}: SPRING chose {action!r} ({len(trace.nodes)} DAG nodes, {trace.rounds} "
+              f"batched rounds, {trace.latency_s:.2f} s)")
+        for node in trace.nodes:
+            answer = " ".join(node.answer.split())[:100]
+            print(f"  {node.node:<13} Q: {node.question[:70]}{'...' if len(node.question) > 70 else ''}\n"
+                  f"  {'':<13} A: {answer!r}")
+        observation, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            break
+    env.close()
+    print("(a 4M-parameter model trained on TextWorld transcripts is no Crafter expert; swap in any LLM backend, "
+          "see docs/agents.md)")
+
+
+def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
+    """Run every step; returns the summary written to out/summary.json."""
+    started = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out).expanduser()
+    if config.fresh:
+        for part in ("pretrain", "finetune", "evaluation", "plots"):
+            shutil.rmtree(out / part, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    env = f"textworld/{config.textworld_preset}"
+    total = 6 if config.spring_steps else 5
+
+    _step(1, total, f"TextWorld games ({config.train_games} training, {config.test_games} held-out) and the corpus")
+    corpus = build_corpus([config.textworld_preset], config.train_games, out / "corpus", config.textworld_cache,
+                          config.exploratory_per_game, progress=config.pretrain.progress)
+
+    _step(2, total, f"Pretraining BWArea (stage 1, stage 2) and the AR baseline on {config.pretrain.tokens:,} tokens each")
+    exports = pretrain_pair(corpus, out / "pretrain", config.pretrain)
+
+    _step(3, total, "Held-out evaluation before RL, ReMax fine-tuning on the training games, evaluation after RL")
+    rl = FinetuneBudget(**{**asdict(config.finetune), "rollout": config.finetune.rollout})
+    rl.env, rl.task_pool = env, min(config.finetune.task_pool, config.train_games)
+    rl.env_options = {**rl.env_options, "cache_dir": config.textworld_cache}
+    results: dict[str, dict[str, PolicyEvaluation]] = {}
+    after_episodes: dict[str, list[Episode]] = {}
+    infos: dict[str, dict] = {}
+    for key in MODELS:
+        print(f"{MODELS[key]}: evaluating the pretrained model", flush=True)
+        before, _ = _evaluate(exports[key], config, out / "evaluation" / f"{key}-before.json")
+        print(f"{MODELS[key]}: ReMax fine-tuning", flush=True)
+        tuned = finetune(exports[key], out / "finetune", key, rl)
+        print(f"{MODELS[key]}: evaluating the fine-tuned model", flush=True)
+        after, after_episodes[key] = _evaluate(tuned, config, out / "evaluation" / f"{key}-after.json")
+        results[key] = {"before": before, "after": after}
+        pretrained_info = read_training_info(exports[key])
+        infos[key] = {"parameters": pretrained_info["parameters"],
+                      "trained_parameters": read_training_info(tuned)["trained_parameters"],
+                      "validation": _validation(key, exports)}
+
+    _step(4, total, "Report and plots")
+    plots = _plots(out, results, after_episodes["bwarea"], load_tokenizer(exports["bwarea"]))
+    seconds = time.perf_counter() - started
+    report = _report(config, results, infos, seconds)
+    summary = {"config": _jsonable(asdict(config)), "machine": _machine(), "wall_seconds": seconds,
+               "results": {key: {phase: r.to_dict() for phase, r in phases.items()} for key, phases in results.items()},
+               "models": infos, "exports": {key: str(path) for key, path in exports.items()},
+               "action_usage_after_rl": dict(Counter(a for e in after_episodes["bwarea"] for t in e.turns for a in t.actions)),
+               "plots": [str(p) for p in plots]}
+    atomic_write_text(out / "report.md", report + "\nPlots: " + ", ".join(p.name for p in plots) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    print(report)
+    print(f"Report: {out / 'report.md'}; plots: {out / 'plots'}")
+
+    if config.spring_steps:
+        _step(5, total, f"SPRING on Crafter for {config.spring_steps} steps with the tiny BWArea model as its LLM")
+        _spring_demo(exports["bwarea"], config.spring_steps)
+    _step(total, total, f"Done in {(time.perf_counter() - started) / 60:.1f} min; everything is under {out}")
+    return summary
+
+
+def _validation(key: str, exports: dict[str, Path]) -> dict[str, float]:
+    """The pretraining validation numbers worth comparing: perplexities on the same held-out blocks."""
+    if key == "ar":
+        return {"perplexity": read_training_info(exports["ar"])["val_metrics"]["val/perplexity"]}
+    world, policy = read_training_info(exports["world"])["val_metrics"], read_training_info(exports["bwarea"])["val_metrics"]
+    return {"perplexity under ID actions": world["val/perplexity"],
+            "simulated-LLM perplexity (greedy actions)": policy["val/sim_greedy_perplexity"],
+            "policy BC top-1 accuracy": policy["val/bc_top1"]}
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="bwarea quickstart", description=__doc__.split("\n\n")[0], default_env=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
+    parser.add_class_arguments(QuickstartConfig, None, fail_untyped=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    arguments = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    arguments.pop("config", None)
+    config = parser.instantiate_classes(arguments)
+    try:
+        run_quickstart(QuickstartConfig(**{k: v for k, v in vars(config).items() if not k.startswith("_")}))
+    except (UserError, CheckpointError, ValueError) as error:
+        print(f"bwarea quickstart: {error}", file=sys.stderr)
+        return 1
+    return 0
