@@ -7,7 +7,8 @@ topological generation across all environments go to the backend in one call, se
 and turns the sink's answer into an action. With a `context` the agent first runs SPRING's reading
 step on the document (agents/context.py, cached on disk) and shows the result to every node.
 A node whose request failed is recorded as a fault and answered with an empty string; its children
-still run. If the sink failed, the step takes the fallback action.
+still run. If the sink failed, the step takes the fallback action. Failed reading requests are
+recorded as a fault of the step that read the document (the incomplete context is used, not cached).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class DAGAgent(LLMAgent):
         return self.context
 
     def _decide(self, traces: list[StepTrace], slots: list[Slot], infos: list[dict[str, Any]]) -> int:
+        reading = self.context is None
         context = self.prepare()
         states = []
         for slot, info in zip(slots, infos):
@@ -69,6 +71,9 @@ class DAGAgent(LLMAgent):
         for trace, result, info in zip(traces, results, infos):
             trace.nodes = result.traces
             trace.faults = [f"node {t.node}: {t.error}" for t in result.traces if t.error]
+            if reading and context is not None and context.errors:   # the step that read the document says so
+                trace.faults.insert(0, f"context: {len(context.errors)} reading request(s) failed, e.g. "
+                                       f"{context.errors[0]}; the context is incomplete and was not cached")
             sink = next(t for t in result.traces if t.node == self.dag.sink)
             self.resolve(trace, sink.answer, sink.error, info)
         return results[0].rounds if results else 0

@@ -1,19 +1,21 @@
-"""Prompt prefix caching for transformers causal LMs: encode a shared prompt prefix once, reuse its KV cache.
+"""Prompt prefix caching for transformers causal LMs: encode each prompt once, reuse what it shares.
 
 A question DAG's prompts repeat themselves: every node of a step starts with the same system text,
-context and recent observations of its environment, and consecutive steps share the system text and
-context. On a CPU, where encoding a prompt is compute-bound, re-encoding those prefixes is most of
-the cost. Here:
+context and recent observations of its environment, a child node's prompt starts with its first
+parent's question and answer, and consecutive steps share the system text and context. On a CPU,
+where encoding a prompt is compute-bound, re-encoding those prefixes is most of the cost. Here:
 
-- the prompts of one batch are grouped by shared prefix (sorted; neighbours sharing at least
-  `min_tokens` more than the whole batch does join one group: in a SPRING batch, one group per
-  environment) and each group's prefix is encoded once;
-- `PrefixCache` keeps the last few encoded prefixes (batch 1), so a later prompt that starts the
-  same way only encodes what follows the longest kept prefix it shares;
-- `batch_inputs` lays every row out as [padding | its group's prefix] [padding | the rest of its
-  prompt], with the prefixes' keys and values in one batched cache. Positions come from the
-  attention mask, so every row sees exactly its own unpadded prompt: outputs are those of plain
-  left-padded generation (tested).
+- `PrefixCache` keeps the KV caches (batch 1) of the last few encoded prompts; a new prompt copies the
+  longest kept prefix it shares and encodes only the tokens after it;
+- `batch_inputs` encodes every prompt of a batch this way except its last token, one row after the
+  other (so a row also reuses what an earlier row of the same call encoded: the rows of one
+  environment share its observations), lays the caches side by side left-padded, and leaves each
+  row's last token for `generate`, which then only decodes. Positions come from the attention mask,
+  so every row sees exactly its own unpadded prompt: outputs are those of plain left-padded
+  generation (tested).
+
+Encoding row by row gives up batched prompt encoding, which on a CPU is compute-bound and gains
+little from batching, for reuse across rows and calls, which saves the work outright.
 """
 
 from __future__ import annotations
@@ -35,27 +37,6 @@ def shared_length(a: list[int], b: list[int]) -> int:
             break
         length += 1
     return length
-
-
-def common_prefix_length(prompts: list[list[int]]) -> int:
-    """Tokens every prompt starts with, leaving each prompt at least one token of its own."""
-    length = min(len(ids) for ids in prompts) - 1
-    for ids in prompts[1:]:
-        length = min(length, shared_length(prompts[0], ids))
-    return max(length, 0)
-
-
-def prefix_groups(prompts: list[list[int]], min_tokens: int) -> list[tuple[list[int], int]]:
-    """(row indices, shared prefix length) per group of prompts that share more than the whole batch."""
-    order = sorted(range(len(prompts)), key=lambda i: prompts[i])
-    threshold = common_prefix_length(prompts) + min_tokens
-    groups = [[order[0]]]
-    for previous, row in zip(order, order[1:]):
-        if shared_length(prompts[previous], prompts[row]) >= threshold:
-            groups[-1].append(row)
-        else:
-            groups.append([row])
-    return [(rows, common_prefix_length([prompts[i] for i in rows])) for rows in groups]
 
 
 class PrefixCache:
@@ -98,40 +79,35 @@ class PrefixCache:
 
 @dataclass
 class CachedBatch:
-    input_ids: torch.Tensor        # (B, L + S): [pad | group prefix] [pad | rest of the prompt]
+    input_ids: torch.Tensor        # (B, L + S): [pad | cached prompt prefix] [pad | rest of the prompt]
     attention_mask: torch.Tensor
     past_key_values: DynamicCache  # keys/values of the first L positions of every row
-    shared: list[int]              # per row: prefix tokens taken from the cache
-    reused: list[int]              # per row: of those, tokens encoded by an earlier call
+    shared: list[int]              # per row: prompt tokens taken from the cache (all but the last)
+    reused: list[int]              # per row: of those, tokens encoded before (by an earlier row or call)
 
 
 def batch_inputs(prompts: list[list[int]], prefix_cache: PrefixCache, pad_id: int) -> CachedBatch | None:
-    """Inputs for `generate` with every group's prefix already in the cache; None when no prefix is long enough."""
-    groups = [(rows, length) for rows, length in prefix_groups(prompts, prefix_cache.min_tokens)]
-    encoded = {}
-    for index, (rows, length) in enumerate(groups):
-        if length >= prefix_cache.min_tokens:
-            encoded[index] = prefix_cache.encode(prompts[rows[0]][:length])
-    if not encoded:
-        return None
-    width = max(groups[index][1] for index in encoded)
+    """Inputs for `generate` with every prompt but its last token in the cache; None when no prompt is longer
+    than the cache's `min_tokens`."""
     batch = len(prompts)
     shared, reused = [0] * batch, [0] * batch
-    for index, (rows, length) in enumerate(groups):
-        for row in rows:
-            shared[row], reused[row] = (length, encoded[index][1]) if index in encoded else (0, 0)
-    some_cache = next(iter(encoded.values()))[0]
-    layers = []
-    for layer_index, layer in enumerate(some_cache.layers):
-        keys = layer.keys.new_zeros((batch, *layer.keys.shape[1:2], width, layer.keys.shape[-1]))
-        values = layer.values.new_zeros((batch, *layer.values.shape[1:2], width, layer.values.shape[-1]))
-        for index, (cache, _) in encoded.items():
-            rows, length = groups[index]
-            keys[rows, :, width - length:] = cache.layers[layer_index].keys[0]
-            values[rows, :, width - length:] = cache.layers[layer_index].values[0]
-        layers.append((keys, values))
+    encoded: dict[int, DynamicCache] = {}
+    for row in sorted(range(batch), key=lambda i: prompts[i]):   # rows sharing a prefix come one after another
+        length = len(prompts[row]) - 1
+        if length >= prefix_cache.min_tokens:
+            encoded[row], reused[row] = prefix_cache.encode(prompts[row][:length])
+            shared[row] = length
+    if not encoded:
+        return None
+    width = max(shared)
+    some_cache = next(iter(encoded.values()))
     past = DynamicCache()
-    for layer_index, (keys, values) in enumerate(layers):
+    for layer_index, layer in enumerate(some_cache.layers):
+        keys = layer.keys.new_zeros((batch, layer.keys.shape[1], width, layer.keys.shape[-1]))
+        values = layer.values.new_zeros((batch, layer.values.shape[1], width, layer.values.shape[-1]))
+        for row, cache in encoded.items():
+            keys[row, :, width - shared[row]:] = cache.layers[layer_index].keys[0]
+            values[row, :, width - shared[row]:] = cache.layers[layer_index].values[0]
         past.update(keys, values, layer_index)
 
     rest_width = max(len(ids) - shared[row] for row, ids in enumerate(prompts))

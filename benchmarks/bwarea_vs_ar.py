@@ -70,9 +70,9 @@ def main() -> None:
     parser.add_argument("--bbh_test_items", type=int, default=50, help="held-out items per BBH task")
     parser.add_argument("--pretrain_steps", type=int, default=400, help="stage-1 and AR steps (16 x 128 tokens each)")
     parser.add_argument("--policy_steps", type=int, default=200)
-    parser.add_argument("--updates", type=int, default=15, help="ReMax updates per run")
-    parser.add_argument("--episodes_per_update", type=int, default=8)
-    parser.add_argument("--learning_rate", type=float, default=5e-4)
+    parser.add_argument("--updates", type=int, default=12, help="ReMax updates per run")
+    parser.add_argument("--episodes_per_update", type=int, default=16)
+    parser.add_argument("--learning_rate", type=float, default=3e-5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args()
 

@@ -64,12 +64,12 @@ class FinetuneBudget:
     env: str = "textworld/coin-easy"
     env_options: dict[str, Any] = field(default_factory=dict)
     task_pool: int = 32
-    episodes_per_update: int = 8
-    updates: int = 20
+    episodes_per_update: int = 16
+    updates: int = 12
     objective: str = "remax"
     objective_options: dict[str, Any] = field(default_factory=dict)
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(max_turns=8, max_new_tokens=12))
-    learning_rate: float = 5e-4
+    learning_rate: float = 3e-5
     progress: bool = True
     seed: int = 0
 

@@ -95,7 +95,7 @@ class FinetuneModule(L.LightningModule):
     def __init__(self, pretrained: str, env: str | list[str] = "textworld/coin-easy", env_options: dict[str, Any] | None = None,
                  task_pool: int = 64, episodes_per_update: int = 8, updates: int = 50, objective: str = "remax",
                  objective_options: dict[str, Any] | None = None, rollout: RolloutConfig = RolloutConfig(),
-                 learning_rate: float = 1e-4, weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
+                 learning_rate: float = 3e-5, weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
                  trainable: list[str] | None = None, reward_model: str | None = None, max_bad_batches: int = 3,
                  ppo_epochs: int = 4, ppo_minibatches: int = 2, value_learning_rate: float = 1e-4,
                  gae_gamma: float = 1.0, gae_lambda: float = 0.95, seed: int = 0):
@@ -141,6 +141,7 @@ class FinetuneModule(L.LightningModule):
             scorer = lambda transcripts, commands: rm_scorer(transcripts, [""] * len(transcripts)).tolist()  # noqa: E731
         self.engine = RolloutEngine(self.policy_model, self.tokenizer, rollout, self.reference, scorer)
         self.completed_updates = 0
+        self.signal_free_updates = 0
         self.bad_batches = 0
         self.skipped_batches = 0
         self.dropped_episodes = 0
@@ -189,7 +190,8 @@ class FinetuneModule(L.LightningModule):
     # --- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["finetune_state"] = {"completed_updates": self.completed_updates, "skipped_batches": self.skipped_batches,
-                                        "dropped_episodes": self.dropped_episodes, "bad_batches": self.bad_batches}
+                                        "dropped_episodes": self.dropped_episodes, "bad_batches": self.bad_batches,
+                                        "signal_free_updates": self.signal_free_updates}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("finetune_state")
@@ -200,6 +202,7 @@ class FinetuneModule(L.LightningModule):
         self.skipped_batches = state["skipped_batches"]
         self.dropped_episodes = state["dropped_episodes"]
         self.bad_batches = state["bad_batches"]
+        self.signal_free_updates = state["signal_free_updates"]
 
     # --- one update -----------------------------------------------------------------------------
     def training_step(self, update: int, batch_idx: int) -> None:
@@ -225,7 +228,8 @@ class FinetuneModule(L.LightningModule):
         elapsed = time.perf_counter() - started
         metrics.update({"tokens_per_second": (self.engine.generated_tokens - tokens_before) / max(elapsed, 1e-9),
                         "seconds_per_update": elapsed, "peak_memory_mb": peak_memory_mb(),
-                        "batches/skipped_total": float(self.skipped_batches)})
+                        "batches/skipped_total": float(self.skipped_batches),
+                        "batches/signal_free_total": float(self.signal_free_updates)})
         self.completed_updates = update + 1
         self.log_dict({f"finetune/{k}": v for k, v in metrics.items()}, on_step=True, batch_size=len(tasks))
         self.log("reward", metrics["reward/sampled"], prog_bar=True, on_step=True, logger=False, batch_size=len(tasks))
@@ -259,8 +263,13 @@ class FinetuneModule(L.LightningModule):
             optimizer.zero_grad()
             self._skip(f"gradient norm is {float(grad_norm)}")
             return False
-        optimizer.step()
         self.bad_batches = 0
+        if grad_norm == 0:
+            # every advantage was zero (e.g. sampled and greedy episodes all failed): no information, and an
+            # Adam step on a zero gradient would still move the weights along its momentum
+            self.signal_free_updates += 1
+            return False
+        optimizer.step()
         return True
 
     def _reinforce_update(self, episodes: list[Episode], baselines: list[float] | None) -> dict[str, float]:

@@ -171,6 +171,19 @@ def test_unreachable_server_gives_fallback_actions_not_a_crash():
     assert agent.stats.fallbacks == 2 and agent.stats.faults == 2
 
 
+def test_failed_reading_is_a_recorded_fault_of_the_first_step(chat_server, tmp_path):
+    chat_server.fault = lambda body: "500" if "Paragraph:" in body["messages"][-1]["content"] else None
+    document = tmp_path / "notes.txt"
+    document.write_text("## Trees\nTrees give wood.")
+    backend = backend_for(chat_server, max_retries=1)
+    agent = make_agent("spring", backend=backend, overrides={"agent": {
+        "context": {"document": str(document), "cache_dir": str(tmp_path / "cache")}}})
+    first, second = play(agent, steps=2, n_envs=1)
+    assert first.faults[0].startswith("context: 6 reading request(s) failed, e.g. HTTP 500")   # 2 relevance + 4 extraction
+    assert not second.faults and first.action == "move_left"           # the DAG still ran and answered
+    assert not list((tmp_path / "cache").glob("*.json"))
+
+
 def test_direct_chat_agent_over_http(chat_server):
     chat_server.reply = lambda body: "I will walk north.\nmove up"
     agent = make_agent("direct", overrides={"backend": {"type": "openai", "base_url": chat_server.base_url,

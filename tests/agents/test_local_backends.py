@@ -153,7 +153,7 @@ def test_prefix_caching_never_changes_answers(tiny_llama_dir):
     plain = TransformersBackend(TransformersConfig(model=str(tiny_llama_dir), share_prefix=False))
     system, env_a, env_b = " ".join(SENTENCES[:2]), SENTENCES[4], SENTENCES[5]
     calls = [
-        [f"{system} {env_a} {q}" for q in PROMPTS] + [f"{system} {env_b} {q}" for q in PROMPTS[:2]],  # two groups
+        [f"{system} {env_a} {q}" for q in PROMPTS] + [f"{system} {env_b} {q}" for q in PROMPTS[:2]],  # shared prefixes
         [f"{system} {env_a} {PROMPTS[3]} and more"],                                           # one row, reused
         [f"{system} {env_b} x", "> go"],                                 # a row too short to cache
     ]
@@ -163,11 +163,15 @@ def test_prefix_caching_never_changes_answers(tiny_llama_dir):
         assert [c.text for c in got] == [c.text for c in expected]
         assert [c.tokens_in for c in got] == [c.tokens_in for c in expected]
     tokens = lambda text: len(cached.tokenizer(text)["input_ids"])
-    first = cached.complete([CompletionRequest(prompt=f"{system} {env_a} {q}", max_tokens=1) for q in PROMPTS[:2]] +
-                            [CompletionRequest(prompt=f"{system} {env_b} {PROMPTS[0]}", max_tokens=1)])
-    assert first[0].metadata["shared_prefix_tokens"] >= tokens(f"{system} {env_a}") - 1   # its environment's group
-    assert first[0].metadata["reused_prefix_tokens"] >= tokens(system) - 1                  # kept from earlier calls
-    assert first[2].metadata["shared_prefix_tokens"] == tokens(f"{system} {env_b} {PROMPTS[0]}") - 1
+    fresh = TransformersBackend(TransformersConfig(model=str(tiny_llama_dir), min_shared_prefix=8))
+    prompts = [f"{system} {env_a} {PROMPTS[0]}", f"{system} {env_a} {PROMPTS[1]}", f"{system} {env_b} {PROMPTS[0]}"]
+    first = fresh.complete([CompletionRequest(prompt=p, max_tokens=1) for p in prompts])
+    assert [c.metadata["shared_prefix_tokens"] for c in first] == [tokens(p) - 1 for p in prompts]  # all but the last
+    reused = sorted(c.metadata["reused_prefix_tokens"] for c in first)
+    assert reused[0] == 0                                                 # the first row encoded comes first
+    assert reused[1] >= tokens(system) - 1 and reused[2] >= tokens(f"{system} {env_a}") - 1   # later rows reuse it
+    [again] = fresh.complete([CompletionRequest(prompt=prompts[2], max_tokens=1)])
+    assert again.metadata["reused_prefix_tokens"] == tokens(prompts[2]) - 1   # kept from the earlier call
     assert "shared_prefix_tokens" not in plain.complete([CompletionRequest(prompt=system)])[0].metadata
 
 

@@ -23,15 +23,6 @@ from training.evaluate import (EPISODES_FILE, EvaluationError, Unit, append_line
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core box it makes each op wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def save_tiny_bwarea(directory: Path) -> Path:
     """An untrained BWArea model (d 32, 2 layers) + byte-level tokenizer in save_pretrained layout."""
     tokenizer = bwarea.train_tokenizer(["You see a tree. > go west", "So the answer is (A).",

@@ -32,14 +32,6 @@ ROLLOUT = {"max_turns": 3, "max_new_tokens": 6, "history_turns": 2}             
 LEARNING_ROLLOUT = {"max_turns": 8, "max_new_tokens": 8, "history_turns": 2}      # long enough to win sometimes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tw_cache) -> dict[str, Path]:
     """BWArea (stage 2) and the AR baseline pretrained on transcripts of the two cached coin-collector games."""
@@ -175,6 +167,16 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(models, tw_cache, monke
     monkeypatch.setattr(strict, "objective", nan_objective)
     with pytest.raises(FinetuneStopped, match="2 consecutive updates were skipped"):
         fit(strict)
+
+
+def test_updates_without_learning_signal_leave_weights_and_optimizer_untouched(models, tw_cache, monkeypatch):
+    finetune = module(models, tw_cache, updates=2)
+    monkeypatch.setattr(finetune, "objective", lambda batch, **options: ((batch.log_probs * 0.0).sum(), {}))
+    policy_before = [p.detach().clone() for p in finetune.policy_model.policy_parameters()]
+    fit(finetune)
+    assert finetune.signal_free_updates == 2 and finetune.skipped_batches == 0
+    assert all(torch.equal(a, b) for a, b in zip(policy_before, finetune.policy_model.policy_parameters()))
+    assert not finetune.trainer.optimizers[0].state  # Adam never stepped, so no momentum to drift on
 
 
 def test_greedy_baseline_replays_the_same_games_with_argmax_actions(models, tw_cache):
