@@ -15,7 +15,8 @@ training corpus) and the same validation blocks, so the perplexities are compara
     python benchmarks/dirty_data.py          # 60 training games, 16 held-out games, tiny preset, 600 steps, p in {0, 0.3}
     python benchmarks/dirty_data.py --games 24 --val_games 8 --steps 120 --out /tmp/dirty   # quicker, noisier
 
-Prints a table and the token budget; runs and the corpus are kept under --out (rerunning reuses them).
+Prints a table and the token budget; runs and the corpus are kept under --out (rerunning with the same
+preset, steps, ratio and seed reuses finished runs; the corpus is reused as long as it exists).
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def main() -> None:
 
     results = []
     for ratio in args.ratios:
-        tag = f"p{ratio:g}" + (f"-seed{args.seed}" if args.seed else "")
+        # the name holds every setting that differs between invocations, so a rerun only reuses runs it would redo
+        tag = f"{args.preset}-p{ratio:g}-{args.steps}steps-seed{args.seed}"
         print(f"dirty ratio {ratio:g}", flush=True)
         dirty = ["--data.dirty.ratio", str(ratio)]
         world = pretrain(args.preset, "", f"{tag}-world", common, dirty)
@@ -122,7 +124,7 @@ def main() -> None:
         for r in results[1:]:
             print(f"p={r['p']:g} vs p={base['p']:g}: AR x{r['ar'] / base['ar']:.3f}, world|ID x{r['world_id'] / base['world_id']:.3f}, "
                   f"simulated greedy x{r['sim_greedy'] / base['sim_greedy']:.3f}, sampled x{r['sim_sampled'] / base['sim_sampled']:.3f}")
-    (out / f"results-seed{args.seed}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"results-{args.preset}-{args.steps}steps-seed{args.seed}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"total wall time {time.perf_counter() - started:.0f} s")
 
 

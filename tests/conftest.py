@@ -43,7 +43,8 @@ def _no_network():
 
 
 REPO = Path(__file__).resolve().parents[1]
-BBH_DIR = (REPO / ".." / "shared" / "data" / "bbh").resolve()
+# the shared BIG-Bench Hard copy beside the checkout, or wherever BWAREA_BBH_DIR points (a clone elsewhere)
+BBH_DIR = Path(os.environ.get("BWAREA_BBH_DIR") or REPO / ".." / "shared" / "data" / "bbh").resolve()
 # (preset, train index) of the games generated once per test session; the first two share a preset.
 SESSION_GAMES = [("coin-easy", 0), ("coin-easy", 1), ("treasure-easy", 0), ("cooking-easy", 0), ("custom-easy", 0)]
 
@@ -51,7 +52,8 @@ SESSION_GAMES = [("coin-easy", 0), ("coin-easy", 1), ("treasure-easy", 0), ("coo
 @pytest.fixture(scope="session")
 def bbh_dir() -> Path:
     if not (BBH_DIR / "tasks").is_dir():
-        pytest.fail(f"the BIG-Bench Hard copy is expected at {BBH_DIR} (tasks/, cot-prompts/)")
+        pytest.fail(f"the BIG-Bench Hard copy is expected at {BBH_DIR} (tasks/, cot-prompts/); "
+                    "set BWAREA_BBH_DIR to its location")
     return BBH_DIR
 
 
