@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from envs.textworld import GameCache, game_seed
@@ -156,21 +155,13 @@ def test_ctrl_c_with_agent_suggestions_exits_cleanly_with_the_episode(terminal, 
     play.expect(f"[{walkthrough[0]}]")
     play.expect(f"Suggestion (walkthrough): {walkthrough[1]}")
     play.expect("\n> ")
-    play.send("\x03")                                 # Ctrl-C
+    os.kill(play.pid, signal.SIGINT)                  # Ctrl-C (what the terminal driver sends for ^C)
     play.expect("Episode (interrupted) saved to")
     assert play.wait() == 130
     assert "Traceback" not in play.output.decode(errors="replace")
     episode = json.loads((tmp_path / "episode.json").read_text())
     assert episode["ended"] == "interrupted" and episode["steps"] == 1
     assert episode["trajectory"][0] == {**episode["trajectory"][0], "action": walkthrough[0], "suggestion": walkthrough[0]}
-
-
-@pytest.fixture
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_watch_shows_each_dag_node_and_the_latent_action_per_token(tiny_bwarea_dir, tw_cache, tmp_path,  # noqa: F811
