@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -335,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     options["agent_overrides"] = dict(args.agent_overrides or {})
     if isinstance(options["agent"], Mapping):
         options["agent"] = dict(options["agent"])
+    # a process started in the background of a non-interactive shell inherits SIGINT ignored; an interactive
+    # game must still end cleanly (episode saved) on Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         import readline  # noqa: F401  (line editing and history for input() on a terminal)
     except ImportError:
