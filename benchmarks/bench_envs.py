@@ -24,21 +24,9 @@ import crafter
 import numpy as np
 import textworld
 
+from timing import timed_rounds
 from envs.crafter import ACTIONS, CrafterEnv
 from envs.textworld import REQUESTED_INFOS, GameCache, TextWorldEnv, game_seed
-
-
-def timed_rounds(contenders: dict[str, Callable[[], int]], rounds: int) -> dict[str, float]:
-    """Run each contender once per round, alternating; return the median of units/s per contender."""
-    for run in contenders.values():  # warm-up
-        run()
-    rates: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, run in contenders.items():
-            start = time.perf_counter()
-            units = run()
-            rates[name].append(units / (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def crafter_contenders(steps: int) -> dict[str, Callable[[], int]]:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
-import time
 from typing import Callable
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from timing import timed_rounds
 from bwarea import ARConfig, ARLanguageModel, BWAreaConfig, BWAreaModel
 
 
@@ -33,19 +32,6 @@ def hf_llama(config: ARConfig) -> LlamaForCausalLM:
         max_position_embeddings=config.max_position_embeddings, rope_theta=config.rope_theta, rms_norm_eps=config.rms_norm_eps,
         tie_word_embeddings=config.tie_word_embeddings, attn_implementation="sdpa", pad_token_id=0, eos_token_id=1, bos_token_id=1,
     ))
-
-
-def timed_rounds(contenders: dict[str, Callable[[], int]], rounds: int) -> dict[str, float]:
-    """Run each contender once per round, alternating; return median tokens/s per contender."""
-    for run in contenders.values():  # warm-up
-        run()
-    rates: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, run in contenders.items():
-            start = time.perf_counter()
-            tokens = run()
-            rates[name].append(tokens / (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def training_step(loss_fn: Callable[[], torch.Tensor], model: torch.nn.Module, tokens: int, bf16: bool) -> Callable[[], int]:
