@@ -21,6 +21,7 @@ The Agent protocol (every agent, LLM or not):
     agent.reset_one(i, info)                           # restart slot i only (its env was reset)
     actions = agent.act_batch(observations, infos, active=None)   # -> list[str | None], None where inactive
     agent.last_traces                                  # list[StepTrace], one per env that acted in the last call
+    agent.override_action(i, action)                   # slot i really took `action` (e.g. a human overruled it)
     agent.stats                                        # AgentStats: steps, parse_failures, faults, fallbacks,
                                                        #   tokens_in, tokens_out, rounds
     agent.name                                         # "dag", "direct", "random", "walkthrough", "human"

@@ -5,6 +5,7 @@
     agent.reset_batch(infos)                   # many environments, batched decisions
     actions = agent.act_batch(observations, infos, active=None)   # None for inactive slots
     agent.last_traces                          # one StepTrace per environment that acted in the last call
+    agent.override_action(index, action)       # another action was taken instead of the agent's last one
     agent.stats                                # running totals (steps, parse failures, faults, tokens, rounds)
 
 Each environment slot keeps an `envs.Transcript` of its episode (objective, observations, actions).
@@ -25,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from envs.transcript import Transcript
+from envs.transcript import Transcript, tidy_command
 
 from agents.dag import check_placeholders
 from agents.llm import Backend
@@ -109,6 +110,18 @@ class Agent:
         self.stats.rounds += rounds
         self.last_traces = traces
         return actions
+
+    def override_action(self, index: int, action: str) -> None:
+        """Record that slot `index` really took `action` instead of the agent's last choice (e.g. a human
+        overruled its suggestion), so the history its next prompt is built from says what was done."""
+        if not 0 <= index < len(self.slots):
+            raise IndexError(f"override_action got slot {index} but the agent has {len(self.slots)} slots; "
+                             "call reset_batch(infos) first.")
+        transcript = self.slots[index].transcript
+        if not transcript.turns:
+            raise ValueError(f"override_action: slot {index} has not acted yet in this episode; call act first.")
+        observation, _ = transcript.turns[-1]
+        transcript.turns[-1] = (observation, tidy_command(action))
 
     # -- for subclasses -------------------------------------------------------------------------
 

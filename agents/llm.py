@@ -146,5 +146,10 @@ class Backend(ABC):
     @abstractmethod
     def _complete(self, requests: list[CompletionRequest]) -> list[Completion]: ...
 
+    def reseed(self, seed: int) -> None:
+        """Restart the sampling random stream from `seed`, so what follows depends on `seed` and the requests
+        alone, not on earlier calls. In-process backends do; a remote server's sampling is out of our hands,
+        so the default leaves it as it is."""
+
     def close(self) -> None:
         """Release resources (threads, connections); the backend is unusable afterwards."""

@@ -45,6 +45,10 @@ class LocalBackend(Backend):
         self.seed = seed
         self._calls = 0
 
+    def reseed(self, seed: int) -> None:
+        self.seed = seed
+        self._calls = 0
+
     def render(self, request: CompletionRequest) -> tuple[str, bool]:
         """(prompt text, whether it already holds the special tokens of a chat template)."""
         if request.prompt is not None:

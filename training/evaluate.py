@@ -15,8 +15,8 @@ Episodes. For every evaluation seed s, environment e and episode index j (`first
 BIG-Bench Hard item j of `split` (fewer when the split is smaller), Crafter world 2,000,000 + j on the
 test split (train 0 + j, validation 1,000,000 + j: the same offsets TextWorld uses, so evaluation worlds
 never meet the corpus's seeds 0, 1, 2, ...). The seed s does not change the episodes; it seeds the agent:
-a backend's sampling seed is s, and an agent with its own `seed` (the random agent) gets one derived
-from (s, environment, batch).
+an agent's own `seed` (the random agent) and an in-process backend's sampling seed are derived from
+(s, environment, batch).
 
 Batching. The episodes of one (seed, environment) are cut into fixed batches of `batch_size`, played
 together: one `agent.act_batch` call per step over all running environments of the batch (so an LLM
@@ -37,10 +37,11 @@ left by a kill during a write, is dropped). A batch with a missing episode is pl
 and only the missing episodes are appended, so each batch is played exactly as in an uninterrupted
 run; the report is a function of the episode records alone (no times in it), hence identical. This
 holds for agents whose batch outcome depends only on the batch: scripted and random agents, and
-language-model agents at temperature 0. A sampling backend's random stream runs on across batches,
-so a resumed sampled run is a different (equally valid) draw; re-played episodes that differ from
-their record are reported on stderr. Episodes that raised an error are recorded with the error and
-tried again by the next invocation.
+language-model agents on in-process backends, sampled ones included (the backend's random stream is
+restarted from unit_seed(seed, environment, batch) before every batch). A remote (HTTP) server's
+sampling is not ours to seed, so only its greedy runs resume exactly; re-played episodes that differ
+from their record are reported on stderr. Episodes that raised an error are recorded with the error
+and tried again by the next invocation.
 
 Metric definitions: training/metrics.py; user guide: docs/evaluation.md.
 """
@@ -323,7 +324,7 @@ def build_settings(config: EvaluationConfig, names: Sequence[str], resolved_agen
         "max_steps": config.max_steps,
         "batch_size": config.batch_size,
         "traces": config.traces,
-        "seeding": "backend seed = evaluation seed; an agent's own seed = unit_seed(seed, environment, batch)",
+        "seeding": "per batch, an agent's own seed and an in-process backend's sampling seed = unit_seed(seed, environment, batch)",
         "environments": environments,
         "versions": package_versions(),
     }
@@ -670,6 +671,8 @@ class AgentFactory:
         if self._backend is None or self._backend[0] != unit.seed:
             self._backend = None   # release the previous seed's model before loading the next
             self._backend = (unit.seed, agents.make_backend(merge(self.config["backend"], {"seed": unit.seed})))
+        # a batch's samples must not depend on the batches before it, or a resumed run would draw differently
+        self._backend[1].reseed(unit_seed(unit.seed, unit.env, unit.batch))
         return agents.make_agent(self.config, backend=self._backend[1], overrides=overrides)
 
 

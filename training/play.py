@@ -32,7 +32,6 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 import agents
 import envs
 from bwarea.checkpoint import atomic_write, atomic_write_text
-from envs.transcript import tidy_command
 from training.evaluate import EpisodeRecorder, EvaluationError, env_options, env_seed, family_of
 
 HELP = """Type an action and press Enter (a number picks from the listed actions).
@@ -180,7 +179,7 @@ class Session:
                 if action is None:
                     return "quit"
                 if self.agent is not None and action != suggestion:
-                    self.tell_agent(action)
+                    self.agent.override_action(0, action)
             observation, reward, terminated, truncated, info = self.env.step(action)
             step += 1
             self.recorder.step(action, reward, observation, info, terminated, truncated, trace)
@@ -220,13 +219,6 @@ class Session:
                     self.say(f"There are {len(admissible)} actions; type 1..{len(admissible)} or an action.")
                     continue
             return typed
-
-    def tell_agent(self, action: str) -> None:
-        """The agent recorded its own suggestion as this turn's action; the player chose another, so its history
-        (the transcript its next prompt is built from) must say what was really done."""
-        transcript = self.agent.slots[0].transcript
-        if transcript.turns:
-            transcript.turns[-1] = (transcript.turns[-1][0], tidy_command(action))
 
     def status(self, action: str, reward: float, info: Mapping[str, Any]) -> str:
         family = family_of(self.config.env)

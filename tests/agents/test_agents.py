@@ -67,6 +67,22 @@ def test_act_batch_checks_its_inputs(tiny_backend):
         agent.act_batch(["a", "b"], [{}])
 
 
+
+def test_override_action_rewrites_the_history_the_next_prompt_is_built_from():
+    info = {"task": "Find the coin.", "admissible_actions": ["go north", "go south"]}
+    agent = RandomAgent(RandomAgentConfig(seed=0))
+    agent.reset(info)
+    with pytest.raises(ValueError, match="has not acted"):
+        agent.override_action(0, "go east")
+    with pytest.raises(IndexError, match="slot 3"):
+        agent.override_action(3, "go east")
+    agent.act("You are in a hall.", info)
+    agent.override_action(0, "  take   coin ")
+    agent.act("You took the coin.", info)
+    transcript = agent.slots[0].transcript
+    assert transcript.turns[0] == ("You are in a hall.", "take coin")
+    assert "> take coin\n" in transcript.render()
+
 def test_random_agent_is_uniform_over_admissible_actions_and_seeded():
     info = {"admissible_actions": ["a", "b", "c"]}
     agent = RandomAgent(RandomAgentConfig(seed=3))

@@ -204,6 +204,26 @@ def test_resume_after_sigkill_gives_the_identical_report(tmp_path):
     assert (killed / "summary.json").read_bytes() == (reference / "summary.json").read_bytes()
 
 
+def test_a_resumed_sampled_evaluation_draws_what_an_uninterrupted_one_draws(tiny_bwarea_dir, bbh_dir, tmp_path):
+    agent = {"backend": {"type": "bwarea", "model": str(tiny_bwarea_dir)},
+             "agent": {"type": "direct", "style": "observation", "answer_format": "text", "max_tokens": 6,
+                       "temperature": 1.0, "fallback_action": ""}}
+    options = dict(episodes=4, seeds=[0], bbh_data_dir=str(bbh_dir), batch_size=1, progress=False, plots=False)
+    reference = tmp_path / "reference"
+    evaluate(agent, ["bbh/navigate"], out_dir=reference, **options)
+    answers = [r["trajectory"][0]["action"] for r in _records(reference)]
+    assert len(set(answers)) > 1, "sampling at temperature 1 should give different answers across episodes"
+
+    resumed = tmp_path / "resumed"       # as if killed after the first two batches
+    resumed.mkdir()
+    lines = (reference / EPISODES_FILE).read_bytes().splitlines(keepends=True)
+    (resumed / EPISODES_FILE).write_bytes(b"".join(lines[:2]))
+    (resumed / "evaluation.json").write_bytes((reference / "evaluation.json").read_bytes())
+    evaluate(agent, ["bbh/navigate"], out_dir=resumed, **options)
+    assert [r["trajectory"][0]["action"] for r in _records(resumed)] == answers
+    assert (resumed / "report.md").read_bytes() == (reference / "report.md").read_bytes()
+
+
 def test_a_resume_with_other_settings_is_refused(tmp_path):
     evaluate("random", ["crafter"], episodes=1, seeds=[0], out_dir=tmp_path, max_steps=5, progress=False, plots=False)
     with pytest.raises(EvaluationError, match="other settings .*episodes_per_seed.*--overwrite true"):
