@@ -11,10 +11,15 @@ Pipeline (training/experiment.py, the same code as `bwarea quickstart`):
 
 The table reports held-out success (%) before RL (mean ± standard error over held-out episodes) and after
 RL (mean ± standard error over RL seeds of each seed's held-out mean). Everything lands in --out
-(results.md, results.json); finished steps are reused when the script is run again.
+(results.md, results.json); finished steps (corpus, pretraining, RL runs, held-out evaluations under
+evaluation/) are reused when the script is run again, so invocations with different --only may share one
+--out (run them in parallel, then once without --only for the full table). A changed budget with the same
+--out stops with an error naming what differs instead of reusing runs made for the old one.
 
     python benchmarks/bwarea_vs_ar.py --out runs/bwarea-vs-ar                       # defaults: ~1 h on 2 cores
     python benchmarks/bwarea_vs_ar.py --out runs/claim-small --pretrain_steps 200 --updates 8 --seeds 0 1
+    python benchmarks/bwarea_vs_ar.py --out runs/bwarea-vs-ar --only bbh &                # groups in parallel,
+    python benchmarks/bwarea_vs_ar.py --out runs/bwarea-vs-ar --only textworld/coin-easy  # then once without --only
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bwarea.checkpoint import atomic_write_text  # noqa: E402
 from envs.corpus import BBHCorpusConfig, DirtyConfig, OutputConfig, build_bbh_corpus  # noqa: E402
 from training.experiment import FinetuneBudget, PretrainBudget, build_corpus, evaluate_policy, finetune, pretrain_pair  # noqa: E402
 from training.metrics import Estimate, estimate, macro_average  # noqa: E402
@@ -49,11 +56,17 @@ def groups(args: argparse.Namespace) -> dict[str, dict]:
     return result
 
 
-def held_out(export: Path, group: dict) -> Estimate:
-    """Held-out success (%): per environment, then the macro average over a group's environments."""
+def held_out(export: Path, group: dict, record: Path) -> Estimate:
+    """Held-out success (%): per environment, then the macro average over a group's environments. Kept in
+    `record` (JSON), so a re-run, or another invocation sharing --out, reuses it."""
+    plan = {"envs": group["envs"], "test_episodes": group["test"], "rollout": asdict(group["rollout"])}
+    if record.is_file() and json.loads(record.read_text())["plan"] == plan:
+        return Estimate.from_dict(json.loads(record.read_text())["success"])
     per_env = [evaluate_policy(export, env, range(group["test"]), {**group["options"], "split": "test"}, group["rollout"])[0].success_rate
                for env in group["envs"]]
-    return per_env[0] if len(per_env) == 1 else macro_average(per_env, "%")
+    result = per_env[0] if len(per_env) == 1 else macro_average(per_env, "%")
+    atomic_write_text(record, json.dumps({"plan": plan, "success": result.to_dict()}, indent=2) + "\n")
+    return result
 
 
 def main() -> None:
@@ -74,29 +87,43 @@ def main() -> None:
     parser.add_argument("--episodes_per_update", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=3e-5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--only", nargs="+", default=None, metavar="GROUP",
+                        help="run only these task groups (e.g. textworld/coin-easy bbh); the corpus and pretraining "
+                             "still cover every preset and task, so invocations with different --only share --out")
     args = parser.parse_args()
 
     started = time.perf_counter()
     out = Path(args.out)
     corpus = out / "corpus"
     build_corpus(args.textworld_presets, args.train_games, corpus / "textworld", args.textworld_cache)
-    if args.bbh_tasks and not (corpus / "bbh" / "manifest.json").is_file():
+    bbh_manifest = corpus / "bbh" / "manifest.json"
+    if args.bbh_tasks and (not bbh_manifest.is_file()
+                           or json.loads(bbh_manifest.read_text())["settings"]["tasks"] != args.bbh_tasks):
         build_bbh_corpus(BBHCorpusConfig(tasks=args.bbh_tasks, data_dir=args.bbh_dir), OutputConfig(out=str(corpus / "bbh"), overwrite=True),
                          DirtyConfig())
     budget = PretrainBudget(steps=args.pretrain_steps, policy_steps=args.policy_steps)
     exports = pretrain_pair(corpus, out / "pretrain", budget)
 
+    evaluations = out / "evaluation"
+    evaluations.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict]] = {}
-    for name, group in groups(args).items():
+    chosen = groups(args)
+    unknown = sorted(set(args.only or []) - set(chosen))
+    if unknown:
+        parser.error(f"--only names unknown task groups {unknown}; choose from {sorted(chosen)}.")
+    for name, group in chosen.items():
+        if args.only and name not in args.only:
+            continue
         for key in MODELS:
-            before = held_out(exports[key], group)
+            run = f"{key}-{name.replace('/', '-')}"
+            before = held_out(exports[key], group, evaluations / f"{run}-pretrained.json")
             after_by_seed = []
             for seed in args.seeds:
                 rl = FinetuneBudget(env=group["envs"], env_options=group["options"], task_pool=group["pool"],
                                     episodes_per_update=args.episodes_per_update, updates=args.updates,
                                     rollout=group["rollout"], learning_rate=args.learning_rate, seed=seed)
-                tuned = finetune(exports[key], out / "finetune", f"{key}-{name.replace('/', '-')}-seed{seed}", rl)
-                after_by_seed.append(held_out(tuned, group).mean)
+                tuned = finetune(exports[key], out / "finetune", f"{run}-seed{seed}", rl)
+                after_by_seed.append(held_out(tuned, group, evaluations / f"{run}-seed{seed}.json").mean)
             results.setdefault(name, {})[key] = {"before": before.to_dict(), "after": estimate(after_by_seed, "%").to_dict(),
                                                  "after_by_seed": after_by_seed}
             print(f"{name} {MODELS[key]}: before {before.format()}, after {estimate(after_by_seed).format()}", flush=True)

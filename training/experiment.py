@@ -7,11 +7,15 @@
 
 Both models see the same corpus, tokenizer, block size, batch, optimizer settings and token budget
 (BWArea: stage 1 for `steps`, then stage 2 on the same blocks; AR: `steps`), and the same RL budget.
-Every step reuses a finished run when it finds one, so an interrupted pipeline picks up where it stopped.
+Every step reuses a finished run when it finds one, so an interrupted pipeline picks up where it stopped;
+each run directory records its settings in plan.json, and a step asked to reuse a directory made with
+other settings stops with an error instead of reusing it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,9 +26,12 @@ from tqdm.auto import tqdm
 
 import bwarea
 import envs
+from bwarea.checkpoint import atomic_write_text
 from training.metrics import Estimate, estimate
 from training.rollout import Episode, RolloutConfig, RolloutEngine
-from training.runs import RunDirectory
+from training.runs import RunDirectory, UserError
+
+PLAN_FILE = "plan.json"
 
 
 @dataclass
@@ -79,12 +86,50 @@ def build_corpus(presets: Sequence[str], games: int, out: Path, cache_dir: str |
     """TextWorld training-split transcripts (`bwarea data textworld`), built once under `out`."""
     from envs.corpus import DirtyConfig, OutputConfig, TextWorldCorpusConfig, build_textworld_corpus
 
-    if not (out / "manifest.json").is_file():
+    plan = _jsonable({"presets": list(presets), "games": games, "exploratory_per_game": exploratory_per_game})
+    if not (out / "manifest.json").is_file() or _recorded_plan(out) != plan:
         build_textworld_corpus(
             TextWorldCorpusConfig(presets=list(presets), games=games, exploratory_per_game=exploratory_per_game,
                                   cache_dir=cache_dir),
             OutputConfig(out=str(out), progress=progress, overwrite=True), DirtyConfig())
+        _record_plan(out, plan)
     return out
+
+
+def corpus_fingerprint(corpus: Path) -> str:
+    """SHA-256 over the manifests of every corpus under `corpus`: changes whenever a corpus is rebuilt differently."""
+    digest = hashlib.sha256()
+    for manifest in sorted(corpus.rglob("manifest.json")):
+        digest.update(manifest.relative_to(corpus).as_posix().encode() + b"\0" + manifest.read_bytes())
+    return digest.hexdigest()
+
+
+def _jsonable(plan: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(plan, default=str))
+
+
+def _recorded_plan(directory: Path) -> dict[str, Any] | None:
+    path = directory / PLAN_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _record_plan(directory: Path, plan: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(directory / PLAN_FILE, json.dumps(plan, indent=2, sort_keys=True) + "\n")
+
+
+def _check_plan(directory: Path, plan: dict[str, Any]) -> None:
+    """Reuse the run in `directory` only if it was made with the same settings: the first call records them
+    in plan.json, later calls compare (a changed budget must not silently reuse an old run)."""
+    plan = _jsonable(plan)
+    recorded = _recorded_plan(directory)
+    if recorded is None:
+        _record_plan(directory, plan)
+        return
+    changed = sorted(key for key in plan.keys() | recorded.keys() if plan.get(key) != recorded.get(key))
+    if changed:
+        raise UserError(f"{directory} was made with other settings ({', '.join(changed)} differ); delete it "
+                        "(bwarea quickstart: --fresh true) or choose another output directory.")
 
 
 def _finished(root: Path, name: str) -> bool:
@@ -118,7 +163,9 @@ def pretrain_pair(corpus: Path, root: Path, budget: PretrainBudget) -> dict[str,
     jobs = [("world", "WorldModelStage", shapes, budget.steps, None),
             ("policy", "PolicyStage", {"stage1": str(RunDirectory(root / "world").export)}, budget.policy_steps, None),
             ("ar", "ARBaseline", shapes, budget.steps, str(RunDirectory(root / "world").export))]
+    common = {key: value for key, value in asdict(budget).items() if key not in ("steps", "policy_steps", "progress", "cache_dir")}
     for name, class_path, init_args, steps, tokenizer in jobs:
+        _check_plan(root / name, {**common, "job": class_path, "corpus": corpus_fingerprint(corpus), "steps": steps})
         if not _finished(root, name):
             config = settings(name, class_path, init_args, steps, tokenizer)
             resume = _resume_arguments(root, name)
@@ -132,6 +179,9 @@ def finetune(export: Path, root: Path, name: str, budget: FinetuneBudget) -> Pat
     """ReMax (or another objective) on the training split; returns the fine-tuned export."""
     from training.finetune import run
 
+    plan = {key: value for key, value in asdict(budget).items() if key != "progress"}
+    plan["env_options"] = {key: value for key, value in budget.env_options.items() if key != "cache_dir"}
+    _check_plan(root / name, {**plan, "pretrained": str(Path(export).resolve())})
     if not _finished(root, name):
         config = {
             "seed_everything": budget.seed,

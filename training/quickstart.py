@@ -15,7 +15,9 @@ Steps, all under one run directory (`out`):
  5. a few steps of the SPRING agent on Crafter with the tiny BWArea model as its LLM, showing the DAG trace.
 
 Re-running with the same `out` reuses every finished step (games, corpus, tokenizer, trained models);
-`--fresh true` retrains and re-evaluates but still reuses the game and tokenizer caches.
+`--fresh true` retrains and re-evaluates but still reuses the game and tokenizer caches. A run made
+with other settings is never reused: the corpus is rebuilt when its games change, and a pretraining or
+fine-tuning run whose budget changed stops the command with the names of the differing settings.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def _step(number: int, total: int, text: str) -> None:
 
 
 def _evaluate(export: Path, config: QuickstartConfig, path: Path) -> tuple[PolicyEvaluation, list[Episode]]:
-    """Held-out evaluation, cached as JSON beside the episodes so a re-run reuses it."""
+    """Held-out evaluation; the result and its episodes (transcripts, latent actions) are saved as JSON to inspect."""
     env = f"textworld/{config.textworld_preset}"
     options = {"split": "test", "cache_dir": config.textworld_cache}
     evaluation, episodes = evaluate_policy(export, env, range(config.test_games), options, config.evaluation,
@@ -111,7 +113,7 @@ def _report(config: QuickstartConfig, results: dict[str, dict[str, PolicyEvaluat
         f"Machine: {_machine()}. Wall time: {seconds / 60:.1f} min.", "",
         f"TextWorld `{config.textworld_preset}`: {config.train_games} training games (corpus + RL task pool), "
         f"{config.test_games} held-out test games, greedy evaluation, at most {config.evaluation.max_turns} turns.",
-        f"Pretraining: preset `{budget.preset}` {budget.architecture or ''}, {budget.tokens:,} tokens per model "
+        f"Pretraining: preset `{budget.preset}`{f' with {budget.architecture}' if budget.architecture else ''}, {budget.tokens:,} tokens per model "
         f"({budget.steps} steps x {budget.batch_size} x {budget.block_size}); BWArea stage 2: {budget.policy_steps} steps.",
         f"RL: {config.finetune.objective}, {config.finetune.updates} updates x {config.finetune.episodes_per_update} "
         f"episodes, lr {config.finetune.learning_rate}; BWArea trains its cognitive policy only, AR all weights.", "",
@@ -123,7 +125,9 @@ def _report(config: QuickstartConfig, results: dict[str, dict[str, PolicyEvaluat
         info = infos[key]
         lines.append(f"| {label} | {info['parameters']:,} | {info['trained_parameters']:,} | {before.success_rate.format()} | "
                      f"{after.success_rate.format()} | {before.normalised_score.format()} | {after.normalised_score.format()} |")
-    lines += ["", "Means ± standard errors over held-out games. Pretraining validation: "
+    lines += ["", "Parameters: BWArea counts all its parts (world model, inverse dynamics, codebook, cognitive policy), of which "
+              "RL trains the policy; the AR baseline is one network shaped like the world model, all of it trained by RL.",
+              "", "Means ± standard errors over held-out games. Pretraining validation: "
               + "; ".join(f"{MODELS[key]}: " + ", ".join(f"{name} {value:.3g}" for name, value in infos[key]["validation"].items())
                           for key in MODELS) + ".", ""]
     return "\n".join(lines)
@@ -266,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     arguments = parser.parse_args(sys.argv[1:] if argv is None else argv)
     arguments.pop("config", None)
-    config = parser.instantiate_classes(arguments)
+    config = parser.instantiate(arguments)
     try:
         run_quickstart(QuickstartConfig(**{k: v for k, v in vars(config).items() if not k.startswith("_")}))
     except (UserError, CheckpointError, ValueError) as error:

@@ -41,3 +41,11 @@ def test_micro_quickstart_reports_both_models_and_a_second_run_reuses_the_work(t
     assert cli.main([*arguments, "--spring_steps", "0"]) == 0
     assert {path: path.stat().st_mtime_ns for path in exports} == written  # nothing retrained
     assert json.loads((out / "summary.json").read_text())["results"] == summary["results"]
+
+    # another RL budget, or another corpus, must not silently reuse the runs made for the old one
+    assert cli.main([*arguments, "--spring_steps", "0", "--finetune.updates", "3"]) == 1
+    assert "updates differ" in capsys.readouterr().err
+    assert cli.main([*arguments, "--spring_steps", "0", "--train_games", "3"]) == 1
+    assert "corpus differ" in capsys.readouterr().err
+    assert json.loads((out / "corpus" / "plan.json").read_text())["games"] == 3   # the corpus itself was rebuilt
+    assert {path: path.stat().st_mtime_ns for path in exports} == written
