@@ -7,7 +7,9 @@ over several rounds; the table reports medians and the ReMax/PPO ratios (targets
   the sampled episodes, one optimizer step; no value model.
 - PPO: per update, B sampled episodes, a value model (a copy of the policy's trunk + scalar head) and
   GAE, then 4 epochs x `--ppo_minibatches` backward passes and optimizer steps. With
-  `--ppo_minibatches 1` each PPO backward pass sees the same B episodes as ReMax's one pass.
+  `--ppo_minibatches 1` each PPO backward pass sees the same B episodes as ReMax's one pass;
+  `--micro_batch_size B/2` splits ReMax's pass into two as PPO's default 2 minibatches split its own
+  (the gradient stays the full batch's).
 
 Memory, from the process's resident set size (RSS):
 - fine-tuning memory = peak RSS − RSS of the bare runtime (torch, Lightning, the environment) before any
@@ -21,7 +23,7 @@ model of the chosen preset, of which RL trains the cognitive policy, or (`--mode
 baseline, of which RL trains all weights. Its export is marked as such in training_info.json.
 
     python benchmarks/bench_rl.py [--model bwarea] [--preset tiny] [--batch 8] [--updates 3] [--rounds 3]
-                                  [--ppo_minibatches 2] [--threads 2]
+                                  [--ppo_minibatches 2] [--micro_batch_size 4] [--threads 2]
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def resident_memory_mb() -> float:
 
 
 def measure(objective: str, export: str, cache_dir: str, batch: int, updates: int, max_turns: int, tokens: int,
-            ppo_minibatches: int) -> dict:
+            ppo_minibatches: int, micro_batch_size: int | None) -> dict:
     """Child process: `updates` updates of FinetuneModule; per-update seconds and memory."""
     import lightning as L
 
@@ -77,7 +79,7 @@ def measure(objective: str, export: str, cache_dir: str, batch: int, updates: in
     module = FinetuneModule(export, env="textworld/coin-easy", env_options={"cache_dir": cache_dir}, task_pool=batch,
                             episodes_per_update=batch, updates=updates + 1, objective=objective,
                             rollout=RolloutConfig(max_turns=max_turns, max_new_tokens=tokens), learning_rate=1e-5,
-                            ppo_minibatches=ppo_minibatches)
+                            ppo_minibatches=ppo_minibatches, micro_batch_size=micro_batch_size)
     times: list[float] = []
 
     class Clock(L.Callback):
@@ -106,6 +108,8 @@ def main() -> None:
     parser.add_argument("--max_turns", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=12)
     parser.add_argument("--ppo_minibatches", type=int, default=2, help="PPO minibatches per epoch (1: ReMax's batch per pass)")
+    parser.add_argument("--micro_batch_size", type=int, default=None,
+                        help="ReMax episodes per backward pass (default: the whole batch in one pass)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", nargs=2, metavar=("OBJECTIVE", "EXPORT"), help=argparse.SUPPRESS)
     parser.add_argument("--cache_dir", default=None, help="TextWorld game cache (default: a temporary directory)")
@@ -115,7 +119,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(measure(args.child[0], args.child[1], args.cache_dir, args.batch, args.updates,
-                                 args.max_turns, args.max_new_tokens, args.ppo_minibatches)))
+                                 args.max_turns, args.max_new_tokens, args.ppo_minibatches, args.micro_batch_size)))
         return
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -129,6 +133,8 @@ def main() -> None:
                            "--batch", str(args.batch), "--updates", str(args.updates), "--max_turns", str(args.max_turns),
                            "--max_new_tokens", str(args.max_new_tokens), "--ppo_minibatches", str(args.ppo_minibatches),
                            "--threads", str(args.threads)]
+                if args.micro_batch_size:
+                    command += ["--micro_batch_size", str(args.micro_batch_size)]
                 output = subprocess.run(command, check=True, capture_output=True, text=True,
                                         env={**os.environ, "WANDB_MODE": "disabled"}).stdout
                 results[objective].append(json.loads(output.strip().splitlines()[-1]))
@@ -138,7 +144,8 @@ def main() -> None:
         return statistics.median(result[key] for result in results[objective])
 
     print(f"ReMax vs PPO, {args.model} preset {args.preset}, {args.batch} episodes per update, {args.max_turns} turns x "
-          f"{args.max_new_tokens} tokens, PPO {args.ppo_minibatches} minibatches, {args.threads} threads, median of "
+          f"{args.max_new_tokens} tokens, PPO {args.ppo_minibatches} minibatches, ReMax micro-batch "
+          f"{args.micro_batch_size or args.batch}, {args.threads} threads, median of "
           f"{args.rounds} processes x {args.updates} updates")
     print(f"{'metric':<24}{'ReMax':>10}{'PPO':>10}{'ReMax/PPO':>12}{'target':>10}")
     for key, target in (("seconds_per_update", "<= 0.6"), ("finetuning_memory_mb", "<= 0.6"), ("update_memory_mb", ""),

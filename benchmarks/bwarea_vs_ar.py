@@ -130,7 +130,7 @@ def main() -> None:
 
     lines = [f"Held-out success (%), before RL (± s.e. over held-out episodes) and after ReMax (± s.e. over RL seeds "
              f"{args.seeds}). Pretraining: {budget.tokens:,} tokens per model (tiny preset); RL: {args.updates} updates x "
-             f"{args.episodes_per_update} episodes per run. Wall time {(time.perf_counter() - started) / 60:.0f} min.", "",
+             f"{args.episodes_per_update} episodes per run. This invocation: {(time.perf_counter() - started) / 60:.0f} min (finished steps reused).", "",
              "| task | " + " | ".join(f"{label} before | {label} after" for label in MODELS.values()) + " |",
              "|---|" + "---|---|" * len(MODELS)]
     for name, by_model in results.items():

@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import lightning as L
 import torch
@@ -88,6 +88,9 @@ class FinetuneModule(L.LightningModule):
             replaces the environment reward.
         max_bad_batches: consecutive skipped updates (non-finite loss/advantages, no usable episode)
             tolerated before the run stops with an error.
+        micro_batch_size: episodes per backward pass of ReMax / PM-RLHF / KL-RLHF (None: the whole batch in one
+            pass). Smaller bounds the activation memory at the cost of one extra gradient-free forward pass;
+            the gradient is the same up to float rounding. PPO splits its batch with ppo_minibatches instead.
         ppo_epochs / ppo_minibatches / value_learning_rate / gae_gamma / gae_lambda: PPO settings.
         seed: seeds task order and sampling.
     """
@@ -97,12 +100,13 @@ class FinetuneModule(L.LightningModule):
                  objective_options: dict[str, Any] | None = None, rollout: RolloutConfig = RolloutConfig(),
                  learning_rate: float = 3e-5, weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
                  trainable: list[str] | None = None, reward_model: str | None = None, max_bad_batches: int = 3,
-                 ppo_epochs: int = 4, ppo_minibatches: int = 2, value_learning_rate: float = 1e-4,
-                 gae_gamma: float = 1.0, gae_lambda: float = 0.95, seed: int = 0):
+                 micro_batch_size: int | None = None, ppo_epochs: int = 4, ppo_minibatches: int = 2,
+                 value_learning_rate: float = 1e-4, gae_gamma: float = 1.0, gae_lambda: float = 0.95, seed: int = 0):
         super().__init__()
         self.save_hyperparameters({**locals_without_self(locals()), "rollout": asdict(rollout)})
         self.automatic_optimization = False
-        for name, value in (("task_pool", task_pool), ("episodes_per_update", episodes_per_update), ("updates", updates)):
+        for name, value in (("task_pool", task_pool), ("episodes_per_update", episodes_per_update), ("updates", updates),
+                            ("micro_batch_size", 1 if micro_batch_size is None else micro_batch_size)):
             if value < 1:
                 raise FinetuneError(f"model.{name} must be at least 1, got {value}.")
         if objective not in OBJECTIVES:
@@ -251,13 +255,18 @@ class FinetuneModule(L.LightningModule):
             raise FinetuneStopped(f"stopping fine-tuning: {self.bad_batches} consecutive updates were skipped (last: {reason}); "
                                   "check the rewards, the learning rate and the environment, then resume from the last checkpoint.")
 
-    def _optimizer_step(self, loss: torch.Tensor, parameters: list[torch.nn.Parameter]) -> bool:
+    def _optimizer_step(self, loss: torch.Tensor, parameters: list[torch.nn.Parameter],
+                        backward: Callable[[], None] | None = None) -> bool:
+        """Backward (`backward`, or through `loss` directly), clip, step; False when the update was not taken."""
         if not torch.isfinite(loss):
             self._skip(f"loss is {float(loss)}")
             return False
         optimizer = self.optimizers()
         optimizer.zero_grad()
-        self.manual_backward(loss)
+        if backward is None:
+            self.manual_backward(loss)
+        else:
+            backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, self.hparams.max_grad_norm or math.inf)
         if not torch.isfinite(grad_norm):
             optimizer.zero_grad()
@@ -273,7 +282,13 @@ class FinetuneModule(L.LightningModule):
         return True
 
     def _reinforce_update(self, episodes: list[Episode], baselines: list[float] | None) -> dict[str, float]:
-        log_probs, entropy = self.engine.policy_log_probs(episodes)
+        micro = self.hparams.micro_batch_size
+        in_micro_batches = micro is not None and micro < len(episodes)
+        with torch.set_grad_enabled(not in_micro_batches):
+            log_probs, entropy = self.engine.policy_log_probs(episodes)
+        if in_micro_batches:  # leaves: the loss is taken once, its gradient w.r.t. them pushed through the policy later
+            log_probs.requires_grad_(True)
+            entropy.requires_grad_(True)
         batch = build_rollout_batch(episodes, log_probs, entropy, baselines)
         if batch.baseline_returns is not None and not torch.isfinite(batch.baseline_returns).all():
             self._skip("non-finite greedy rewards")
@@ -282,8 +297,28 @@ class FinetuneModule(L.LightningModule):
             self._skip("non-finite rewards")
             return {}
         loss, metrics = self.objective(batch, **self.objective_options)
-        self._optimizer_step(loss, self.policy_model.policy_parameters())
+        backward = self._micro_batch_backward(loss, episodes, log_probs, entropy, micro) if in_micro_batches else None
+        self._optimizer_step(loss, self.policy_model.policy_parameters(), backward)
         return {**metrics, "loss": float(loss.detach())}
+
+    def _micro_batch_backward(self, loss: torch.Tensor, episodes: list[Episode], log_probs: torch.Tensor,
+                              entropy: torch.Tensor, size: int) -> Callable[[], None]:
+        """Backward through the policy `size` episodes at a time, so only one micro-batch's activations are alive.
+
+        By the chain rule dL/dθ = Σ_{b,t} (∂L/∂log π_bt) ∂log π_bt/∂θ + (∂L/∂H_bt) ∂H_bt/∂θ, and the coefficients
+        ∂L/∂log π, ∂L/∂H come from the loss on the detached full batch; each micro-batch then backpropagates
+        Σ coefficient × (recomputed log π, H), which sums to the full-batch gradient for any objective."""
+        def backward() -> None:
+            coefficients = torch.autograd.grad(loss, [log_probs, entropy], allow_unused=True)
+            for start in range(0, len(episodes), size):
+                rows = slice(start, start + size)
+                recomputed = self.engine.policy_log_probs(episodes[rows])
+                width = recomputed[0].shape[1]
+                terms = [(coefficient[rows, :width] * value).sum()
+                         for coefficient, value in zip(coefficients, recomputed) if coefficient is not None]
+                if terms:
+                    self.manual_backward(torch.stack(terms).sum())
+        return backward
 
     def _ppo_update(self, episodes: list[Episode]) -> dict[str, float]:
         hp = self.hparams

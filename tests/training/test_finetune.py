@@ -179,6 +179,28 @@ def test_updates_without_learning_signal_leave_weights_and_optimizer_untouched(m
     assert not finetune.trainer.optimizers[0].state  # Adam never stepped, so no momentum to drift on
 
 
+@pytest.mark.parametrize("model", ["bwarea", "ar"])
+def test_micro_batched_backward_gives_the_full_batch_gradient(models, tw_cache, monkeypatch, model):
+    def nonlinear_objective(batch, **options):   # any function of the log-probs and entropies, not only a linear one
+        total = (batch.log_probs * batch.mask).sum()
+        return total ** 2 / 100 - (batch.entropy * batch.mask).sum(), {}
+
+    first_moments = []
+    for micro_batch_size in (None, 1):
+        finetune = FinetuneModule(str(models[model]), env_options={"cache_dir": str(tw_cache)}, task_pool=4,
+                                  episodes_per_update=4, updates=1, rollout=RolloutConfig(**ROLLOUT),
+                                  micro_batch_size=micro_batch_size, max_grad_norm=None)
+        monkeypatch.setattr(finetune, "objective", nonlinear_objective)
+        fit(finetune)
+        state = finetune.trainer.optimizers[0].state
+        first_moments.append([state[p]["exp_avg"].clone() for p in finetune.policy_model.policy_parameters()])
+    whole, micro = first_moments
+    scale = max(float(m.abs().max()) for m in whole)
+    assert scale > 0
+    for a, b in zip(whole, micro):   # float32 sums in another order: equal to ~1e-5 of the gradient's scale
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5 * scale)
+
+
 def test_greedy_baseline_replays_the_same_games_with_argmax_actions(models, tw_cache):
     finetune = module(models, tw_cache, updates=1)
     tasks = [1, 0, 1]
@@ -195,6 +217,8 @@ def test_bad_configurations_fail_with_one_clear_error(models, tw_cache, tmp_path
         module(models, tw_cache, trainable=["policy", "world"])
     with pytest.raises(FinetuneError, match="objective 'reinforce' is unknown"):
         module(models, tw_cache, objective="reinforce")
+    with pytest.raises(FinetuneError, match="micro_batch_size must be at least 1, got 0"):
+        module(models, tw_cache, micro_batch_size=0)
     with pytest.raises(FinetuneError, match="stage 'world'.*stage-2"):
         FinetuneModule(str(models["world"]), env_options={"cache_dir": str(tw_cache)})
     with pytest.raises(CheckpointError, match="does not exist"):
