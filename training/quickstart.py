@@ -110,7 +110,8 @@ def _report(config: QuickstartConfig, results: dict[str, dict[str, PolicyEvaluat
     budget = config.pretrain
     lines = [
         "# bwarea quickstart report", "",
-        f"Machine: {_machine()}. Wall time: {seconds / 60:.1f} min.", "",
+        f"Machine: {_machine()}. Wall time of this invocation: {seconds / 60:.1f} min "
+        "(steps an earlier run finished are reused).", "",
         f"TextWorld `{config.textworld_preset}`: {config.train_games} training games (corpus + RL task pool), "
         f"{config.test_games} held-out test games, greedy evaluation, at most {config.evaluation.max_turns} turns.",
         f"Pretraining: preset `{budget.preset}`{f' with {budget.architecture}' if budget.architecture else ''}, {budget.tokens:,} tokens per model "
