@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +30,8 @@ import torch
 from transformers import DynamicCache
 
 
-def shared_length(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix of two token lists."""
+def shared_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
     length = 0
     for x, y in zip(a, b):
         if x != y:
@@ -57,7 +58,7 @@ class PrefixCache:
             return self.entries[key], len(prefix)
         reused, source = 0, None
         for tokens, cache in self.entries.items():
-            length = shared_length(list(tokens), prefix)
+            length = shared_length(tokens, prefix)
             if length > reused:
                 reused, source = length, (tokens, cache)
         cache = None

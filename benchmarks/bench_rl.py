@@ -61,9 +61,13 @@ def build_export(directory: Path, model: str, preset: str, cache_dir: Path) -> N
                                     "note": "randomly initialised by benchmarks/bench_rl.py"})
 
 
-def resident_memory_mb() -> float:
-    """Resident memory of this process now, in MiB (Linux /proc/self/statm: pages)."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def memory_mb(field: str) -> float:
+    """VmRSS (resident now) or VmHWM (peak resident) of this process in MiB, from /proc/self/status. Not
+    ru_maxrss: Linux carries it across exec, so a child would inherit the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}; this benchmark measures memory on Linux only.")
 
 
 def measure(objective: str, export: str, cache_dir: str, batch: int, updates: int, max_turns: int, tokens: int,
@@ -73,9 +77,8 @@ def measure(objective: str, export: str, cache_dir: str, batch: int, updates: in
 
     from training.finetune import FinetuneModule
     from training.rollout import RolloutConfig
-    from training.runs import peak_memory_mb
 
-    runtime = resident_memory_mb()
+    runtime = memory_mb("VmRSS")
     module = FinetuneModule(export, env="textworld/coin-easy", env_options={"cache_dir": cache_dir}, task_pool=batch,
                             episodes_per_update=batch, updates=updates + 1, objective=objective,
                             rollout=RolloutConfig(max_turns=max_turns, max_new_tokens=tokens), learning_rate=1e-5,
@@ -89,11 +92,12 @@ def measure(objective: str, export: str, cache_dir: str, batch: int, updates: in
         def on_train_batch_end(self, *args):
             times.append(time.perf_counter() - self.started)
 
-    built = resident_memory_mb()
+    built = memory_mb("VmRSS")
     L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, callbacks=[Clock()]).fit(module)
-    return {"seconds_per_update": statistics.median(times[1:]), "finetuning_memory_mb": peak_memory_mb() - runtime,
-            "update_memory_mb": peak_memory_mb() - built, "peak_rss_mb": peak_memory_mb(),
+    peak = memory_mb("VmHWM")
+    return {"seconds_per_update": statistics.median(times[1:]), "finetuning_memory_mb": peak - runtime,
+            "update_memory_mb": peak - built, "peak_rss_mb": peak,
             "generated_tokens": module.engine.generated_tokens}
 
 

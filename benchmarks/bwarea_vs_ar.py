@@ -12,14 +12,16 @@ Pipeline (training/experiment.py, the same code as `bwarea quickstart`):
 The table reports held-out success (%) before RL (mean ± standard error over held-out episodes) and after
 RL (mean ± standard error over RL seeds of each seed's held-out mean). Everything lands in --out
 (results.md, results.json); finished steps (corpus, pretraining, RL runs, held-out evaluations under
-evaluation/) are reused when the script is run again, so invocations with different --only may share one
---out (run them in parallel, then once without --only for the full table). A changed budget with the same
---out stops with an error naming what differs instead of reusing runs made for the old one.
+evaluation/) are reused when the script is run again, and a changed budget with the same --out stops with
+an error naming what differs instead of reusing runs made for the old one. Task groups can run in
+parallel on one --out with --only, once a first invocation has finished the corpus and pretraining (two
+started together on a fresh --out would both build them); a last invocation without --only assembles
+the full table.
 
     python benchmarks/bwarea_vs_ar.py --out runs/bwarea-vs-ar                       # defaults: ~1 h on 2 cores
     python benchmarks/bwarea_vs_ar.py --out runs/claim-small --pretrain_steps 200 --updates 8 --seeds 0 1
-    python benchmarks/bwarea_vs_ar.py --out runs/bwarea-vs-ar --only bbh &                # groups in parallel,
-    python benchmarks/bwarea_vs_ar.py --out runs/bwarea-vs-ar --only textworld/coin-easy  # then once without --only
+    python benchmarks/bwarea_vs_ar.py --out runs/bwarea-vs-ar --only bbh            # pretrains, then one group
+    python benchmarks/bwarea_vs_ar.py --out runs/bwarea-vs-ar --only textworld/coin-easy &   # then in parallel
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ def held_out(export: Path, group: dict, record: Path) -> Estimate:
     """Held-out success (%): per environment, then the macro average over a group's environments. Kept in
     `record` (JSON), so a re-run, or another invocation sharing --out, reuses it."""
     plan = {"envs": group["envs"], "test_episodes": group["test"], "rollout": asdict(group["rollout"])}
-    if record.is_file() and json.loads(record.read_text())["plan"] == plan:
-        return Estimate.from_dict(json.loads(record.read_text())["success"])
+    recorded = json.loads(record.read_text()) if record.is_file() else {}
+    if recorded.get("plan") == plan:
+        return Estimate.from_dict(recorded["success"])
     per_env = [evaluate_policy(export, env, range(group["test"]), {**group["options"], "split": "test"}, group["rollout"])[0].success_rate
                for env in group["envs"]]
     result = per_env[0] if len(per_env) == 1 else macro_average(per_env, "%")
@@ -91,6 +94,10 @@ def main() -> None:
                         help="run only these task groups (e.g. textworld/coin-easy bbh); the corpus and pretraining "
                              "still cover every preset and task, so invocations with different --only share --out")
     args = parser.parse_args()
+    chosen = groups(args)
+    unknown = sorted(set(args.only or []) - set(chosen))
+    if unknown:   # before an hour of pretraining, not after
+        parser.error(f"--only names unknown task groups {unknown}; choose from {sorted(chosen)}.")
 
     started = time.perf_counter()
     out = Path(args.out)
@@ -107,10 +114,6 @@ def main() -> None:
     evaluations = out / "evaluation"
     evaluations.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict]] = {}
-    chosen = groups(args)
-    unknown = sorted(set(args.only or []) - set(chosen))
-    if unknown:
-        parser.error(f"--only names unknown task groups {unknown}; choose from {sorted(chosen)}.")
     for name, group in chosen.items():
         if args.only and name not in args.only:
             continue

@@ -57,7 +57,6 @@ import os
 import platform
 import sys
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -70,9 +69,10 @@ from tqdm.auto import tqdm
 
 import agents
 import envs
-from agents.factory import AGENTS, merge
+from agents.factory import AGENTS
 from bwarea.checkpoint import atomic_write_text
 from training.metrics import Estimate, bbh_metrics, crafter_metrics, textworld_metrics
+from training.rollout import describe_error
 
 FORMAT = "bwarea-evaluation/1"
 SETTINGS_FILE = "evaluation.json"
@@ -201,8 +201,8 @@ class Unit:
 
 
 def plan_units(names: Sequence[str], config: EvaluationConfig, sizes: Mapping[str, int | None]) -> list[Unit]:
-    """All units, seeds outermost (one backend per seed is loaded at a time). `sizes[name]`: how many episodes
-    the environment has (BBH split size), or None for unbounded."""
+    """All units, seeds outermost. `sizes[name]`: how many episodes the environment has (BBH split size),
+    or None for unbounded."""
     units = []
     for seed in config.seeds:
         for name in names:
@@ -359,12 +359,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return sorted(value)
     return str(value)
-
-
-def describe_error(error: BaseException) -> str:
-    frames = traceback.extract_tb(error.__traceback__) if error.__traceback__ else []
-    where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
-    return f"{type(error).__name__}: {error}{where}"
 
 
 def trace_record(trace: agents.StepTrace, mode: str) -> dict[str, Any] | None:
@@ -651,7 +645,7 @@ def render_report(summary: Mapping[str, Any]) -> str:
 # Running an evaluation
 
 class AgentFactory:
-    """Fresh agents per unit; a language-model backend is loaded once per evaluation seed and shared."""
+    """Fresh agents per unit; a language-model backend is loaded once and shared, its sampling restarted per unit."""
 
     def __init__(self, resolved: Mapping[str, Any]) -> None:
         self.config = dict(resolved)
@@ -662,24 +656,29 @@ class AgentFactory:
             raise EvaluationError(f"agent type {kind!r} is unknown; choose one of {', '.join(AGENTS)}.")
         config_class, _, self.needs_backend = AGENTS[kind]
         self.own_seed = "seed" in {f.name for f in dataclasses.fields(config_class)}
-        self._backend: tuple[int, Any] | None = None
+        self._backend: agents.Backend | None = None
 
     def make(self, unit: Unit) -> agents.Agent:
         overrides = {"agent": {"seed": unit_seed(unit.seed, unit.env, unit.batch)}} if self.own_seed else {}
         if not self.needs_backend:
             return agents.make_agent(self.config, overrides=overrides)
-        if self._backend is None or self._backend[0] != unit.seed:
-            self._backend = None   # release the previous seed's model before loading the next
-            self._backend = (unit.seed, agents.make_backend(merge(self.config["backend"], {"seed": unit.seed})))
+        if self._backend is None:
+            self._backend = agents.make_backend(self.config["backend"])
         # a batch's samples must not depend on the batches before it, or a resumed run would draw differently
-        self._backend[1].reseed(unit_seed(unit.seed, unit.env, unit.batch))
-        return agents.make_agent(self.config, backend=self._backend[1], overrides=overrides)
+        self._backend.reseed(unit_seed(unit.seed, unit.env, unit.batch))
+        return agents.make_agent(self.config, backend=self._backend, overrides=overrides)
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
 
 
 def default_out(config: EvaluationConfig, names: Sequence[str]) -> Path:
     stem = Path(config.agent).stem if isinstance(config.agent, str) else "agent"
-    key = _canonical_sha256([config.agent, config.agent_overrides, list(names), config.episodes, config.seeds,
-                             config.first_episode, config.split, config.max_steps, config.batch_size])[:8]
+    # every setting that changes the episodes (not where files go or how progress is shown)
+    shaping = {k: v for k, v in dataclasses.asdict(config).items()
+               if k not in ("suite", "out", "overwrite", "progress", "plots", "textworld_cache_dir")}
+    key = _canonical_sha256([shaping, list(names)])[:8]
     return Path("runs") / "evaluate" / f"{stem}-{key}"
 
 
@@ -800,6 +799,7 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
             play_batch(factory.make(unit), environments(unit.env, len(unit.episodes)), unit, config.traces, on_episode)
     finally:
         progress.close()
+        factory.close()
         for pool in pools.values():
             for env in pool:
                 env.close()

@@ -86,7 +86,7 @@ def build_corpus(presets: Sequence[str], games: int, out: Path, cache_dir: str |
     """TextWorld training-split transcripts (`bwarea data textworld`), built once under `out`."""
     from envs.corpus import DirtyConfig, OutputConfig, TextWorldCorpusConfig, build_textworld_corpus
 
-    plan = _jsonable({"presets": list(presets), "games": games, "exploratory_per_game": exploratory_per_game})
+    plan = jsonable({"presets": list(presets), "games": games, "exploratory_per_game": exploratory_per_game})
     if not (out / "manifest.json").is_file() or _recorded_plan(out) != plan:
         build_textworld_corpus(
             TextWorldCorpusConfig(presets=list(presets), games=games, exploratory_per_game=exploratory_per_game,
@@ -104,8 +104,9 @@ def corpus_fingerprint(corpus: Path) -> str:
     return digest.hexdigest()
 
 
-def _jsonable(plan: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(plan, default=str))
+def jsonable(value: Any) -> Any:
+    """`value` as it reads back from JSON (tuples become lists, paths and other objects strings)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def _recorded_plan(directory: Path) -> dict[str, Any] | None:
@@ -121,7 +122,7 @@ def _record_plan(directory: Path, plan: dict[str, Any]) -> None:
 def _check_plan(directory: Path, plan: dict[str, Any]) -> None:
     """Reuse the run in `directory` only if it was made with the same settings: the first call records them
     in plan.json, later calls compare (a changed budget must not silently reuse an old run)."""
-    plan = _jsonable(plan)
+    plan = jsonable(plan)
     recorded = _recorded_plan(directory)
     if recorded is None:
         _record_plan(directory, plan)

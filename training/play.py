@@ -254,7 +254,7 @@ class Session:
             return
         tokenizer = getattr(getattr(self.agent, "backend", None), "tokenizer", None)
         for node in trace.nodes:
-            question = node_question(node.request)
+            question = node.question or prompt_tail(node.request)
             self.say(f"  [{node.node}] {question}" if question else f"  [{node.node}]")
             self.say(f"    -> {node.answer}" + (f"  (error: {node.error})" if node.error else ""))
             actions = node.metadata.get("actions") or []
@@ -277,13 +277,11 @@ class Session:
         return path
 
 
-def node_question(request: Mapping[str, Any]) -> str:
-    """The question a DAG node asked (the text after the last "Question:" of its chat prompt); for a raw prompt
-    (own models), its end."""
+def prompt_tail(request: Mapping[str, Any]) -> str:
+    """What a single-prompt agent (no DAG question) asked: the end of its last chat message or raw prompt."""
     messages = request.get("messages") or []
     if messages:
-        text = messages[-1]["content"]
-        return text.rsplit("Question:", 1)[1].strip() if "Question:" in text else text.strip()[-160:]
+        return messages[-1]["content"].strip()[-160:]
     prompt = str(request.get("prompt") or "")
     return f"(raw prompt ending {prompt[-60:]!r})" if prompt else ""
 

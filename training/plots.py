@@ -41,7 +41,9 @@ NUM_ACTIONS = 64
 # Shared helpers
 
 def save_png(figure: Figure, out: str | os.PathLike) -> Path:
-    """Write `figure` to `out` as PNG through a temporary file in the same directory, then rename."""
+    """Write `figure` to `out` as PNG through a temporary file in the same directory, then rename.
+
+    (bwarea.checkpoint.atomic_write does the same, but importing it loads torch, which `bwarea plot` avoids.)"""
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"plots are PNG files; give an output path ending in .png, got {out}.")
@@ -140,7 +142,7 @@ def plot_training_curves(runs: str | os.PathLike | Sequence[str | os.PathLike] |
                              "written by `bwarea pretrain` or `bwarea finetune`.")
         rows_by_run[label] = rows
     available = sorted({key for rows in rows_by_run.values() for row in rows for key in row} - {x, "epoch"})
-    if metrics is None:
+    if not metrics:
         metrics = [key for key in available if any(word in key for word in ("loss", "reward", "accuracy"))][:6]
         if not metrics:
             raise ValueError(f"no loss, reward or accuracy columns in the logs; choose metrics from: {', '.join(available)}.")
@@ -233,7 +235,7 @@ def plot_rl_comparison(table: Mapping[str, Mapping[str, Any]], out: str | os.Pat
 # ----------------------------------------------------------------------------------------------
 # Latent actions
 
-def action_colour(action: int, num_actions: int = NUM_ACTIONS) -> tuple[float, float, float]:
+def action_colour(action: int) -> tuple[float, float, float]:
     """A light colour per action; hues spread by the golden ratio so neighbouring ids look different."""
     hue = (action * 0.6180339887) % 1.0
     return colorsys.hsv_to_rgb(hue, 0.35 + 0.2 * (action % 3) / 2, 0.97)
@@ -272,7 +274,7 @@ def plot_action_usage(actions: Sequence[int] | Mapping[int | str, int], out: str
     entropy = -sum(p * math.log(p) for p in probabilities)
     figure = Figure(figsize=(9.0, 3.2))
     axes = figure.add_subplot()
-    axes.bar(range(num_actions), counts, color=[action_colour(a, num_actions) for a in range(num_actions)],
+    axes.bar(range(num_actions), counts, color=[action_colour(a) for a in range(num_actions)],
              edgecolor="0.4", linewidth=0.4)
     axes.set_xlim(-0.8, num_actions - 0.2)
     axes.set_xlabel("latent action")
@@ -321,7 +323,7 @@ def plot_action_strip(tokens: Sequence[str], actions: Sequence[int], out: str | 
         for column, shown, action in entries:
             x = column * char_width
             axes.text(x, row + 0.35, shown, family="monospace", fontsize=10, va="center", ha="left",
-                      bbox={"boxstyle": "square,pad=0.15", "facecolor": action_colour(action, num_actions),
+                      bbox={"boxstyle": "square,pad=0.15", "facecolor": action_colour(action),
                             "edgecolor": "0.5", "linewidth": 0.4})
             axes.text(x, row + 0.78, str(action), family="monospace", fontsize=6.5, va="center", ha="left", color="0.25")
     axes.set_title(title or "Generated tokens coloured by their latent action (id below each token)", fontsize=10)

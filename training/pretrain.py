@@ -518,7 +518,6 @@ class PretrainCLI(RunCLI):
     subclass_mode_model = True
     datamodule_class = PretrainData
     trainer_defaults = TRAINER_DEFAULTS
-    user_errors = (UserError, CheckpointError)
     ignored_warnings = RunCLI.ignored_warnings + (
         # PretrainData positions and shards batches itself; with num_workers=0 on CPU the loader is no bottleneck
         ".*does not have many workers.*",

@@ -29,7 +29,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from bwarea import CheckpointError, load_tokenizer
 from bwarea.checkpoint import atomic_write_text
 from training.experiment import (FinetuneBudget, PolicyEvaluation, PretrainBudget, build_corpus, evaluate_policy, finetune,
-                                 pretrain_pair)
+                                 jsonable, pretrain_pair)
 from training.rollout import Episode, RolloutConfig
 from training.runs import UserError, read_training_info
 
@@ -206,9 +206,8 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     exports = pretrain_pair(corpus, out / "pretrain", config.pretrain)
 
     _step(3, total, "Held-out evaluation before RL, ReMax fine-tuning on the training games, evaluation after RL")
-    rl = FinetuneBudget(**{**asdict(config.finetune), "rollout": config.finetune.rollout})
-    rl.env, rl.task_pool = env, min(config.finetune.task_pool, config.train_games)
-    rl.env_options = {**rl.env_options, "cache_dir": config.textworld_cache}
+    rl = replace(config.finetune, env=env, task_pool=min(config.finetune.task_pool, config.train_games),
+                 env_options={**config.finetune.env_options, "cache_dir": config.textworld_cache})
     results: dict[str, dict[str, PolicyEvaluation]] = {}
     after_episodes: dict[str, list[Episode]] = {}
     infos: dict[str, dict] = {}
@@ -229,7 +228,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     plots = _plots(out, results, after_episodes["bwarea"], load_tokenizer(exports["bwarea"]))
     seconds = time.perf_counter() - started
     report = _report(config, results, infos, seconds)
-    summary = {"config": _jsonable(asdict(config)), "machine": _machine(), "wall_seconds": seconds,
+    summary = {"config": jsonable(asdict(config)), "machine": _machine(), "wall_seconds": seconds,
                "results": {key: {phase: r.to_dict() for phase, r in phases.items()} for key, phases in results.items()},
                "models": infos, "exports": {key: str(path) for key, path in exports.items()},
                "action_usage_after_rl": dict(Counter(a for e in after_episodes["bwarea"] for t in e.turns for a in t.actions)),
@@ -254,10 +253,6 @@ def _validation(key: str, exports: dict[str, Path]) -> dict[str, float]:
     return {"perplexity under ID actions": world["val/perplexity"],
             "simulated-LLM perplexity (greedy actions)": policy["val/sim_greedy_perplexity"],
             "policy BC top-1 accuracy": policy["val/bc_top1"]}
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
 
 
 def build_parser() -> ArgumentParser:

@@ -175,7 +175,7 @@ class RolloutEngine:
                 self._record_info(episode, info)
                 active.append(index)
             except Exception as error:  # an environment that cannot start is one dropped episode
-                episode.error = _describe(error)
+                episode.error = describe_error(error)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -219,7 +219,7 @@ class RolloutEngine:
             try:
                 observation, reward, terminated, truncated, info = envs[index].step(command)
             except Exception as error:  # a crashing environment drops the episode, not the run
-                episode.error = _describe(error)
+                episode.error = describe_error(error)
                 continue
             turn.reward = float(reward)
             episode.total_reward += turn.reward
@@ -251,7 +251,7 @@ class RolloutEngine:
                 raise ValueError(f"reward function returned {len(rewards)} rewards for {len(scored)} episodes")
         except Exception as error:  # a failing reward model drops these episodes; training goes on
             for episode in scored:
-                episode.error = "reward function failed: " + _describe(error)
+                episode.error = "reward function failed: " + describe_error(error)
             return
         for episode, reward in zip(scored, rewards):
             for turn in episode.turns:
@@ -360,7 +360,8 @@ def summarize(episodes: Sequence[Episode]) -> EpisodeSummary:
     )
 
 
-def _describe(error: Exception) -> str:
+def describe_error(error: BaseException) -> str:
+    """One line: the error's type, message and the file:line it was raised at."""
     frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
     where = f" ({frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})" if frame else ""
     return f"{type(error).__name__}: {error}{where}"

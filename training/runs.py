@@ -202,10 +202,11 @@ def peak_memory_mb() -> float:
 
 
 class ThroughputMonitor(Callback):
-    """Logs training throughput at every optimizer step, averaged over the last `window` steps.
+    """Logs training throughput at every training batch, averaged over the last `window` batches.
 
-    - perf/steps_per_sec: optimizer steps per second of training (data loading and the optimizer
-      included, validation excluded);
+    - perf/steps_per_sec: training batches per second (data loading and the optimizer included, validation
+      excluded): optimizer steps for automatic optimization; for a manually optimized module (fine-tuning)
+      one batch is one update, whatever number of optimizer steps it takes;
     - perf/tokens_per_sec: input tokens of all processes per second, when the module has `tokens_per_step()`
       (global batch tokens per optimizer step);
     - perf/flops_per_sec: tokens/s x the module's `flops_per_token()` (6 N + attention, see pretrain.py), when it has one;
@@ -304,6 +305,9 @@ class DivergenceGuard(Callback):
 
 
 def write_training_info(directory: str | os.PathLike, info: dict[str, Any]) -> None:
+    """Write training_info.json; `info` must name the "stage" that produced the export (read_training_info needs it)."""
+    if "stage" not in info:
+        raise ValueError(f"training info for {directory} must name the 'stage' that produced the export, got keys {sorted(info)}.")
     atomic_write_text(Path(directory) / TRAINING_INFO_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
@@ -370,10 +374,7 @@ class ExportOnTrainEnd(Callback):
         if trainer.is_global_zero:
             def write(staging: Path) -> None:
                 pl_module.export_pretrained(staging, state)
-                info = pl_module.training_info()
-                if "stage" not in info:
-                    raise TypeError(f"{type(pl_module).__name__}.training_info() must name the 'stage' that produced the export.")
-                write_training_info(staging, info)
+                write_training_info(staging, pl_module.training_info())
             replace_directory(self.directory, write)
         trainer.strategy.barrier("export")
 

@@ -217,9 +217,11 @@ def test_transformers_rows_end_at_their_own_budget(tiny_llama_dir):
     backend.model.generate = recording_generate
     [free] = backend.complete([CompletionRequest(prompt=PROMPTS[0], max_tokens=20)])
     stop = free.text[:2]                                   # hit within the first tokens
+    assert stop, "an empty stop string would end every row at once"
     requests = [CompletionRequest(prompt=PROMPTS[0], max_tokens=20, stop=(stop,)),
                 CompletionRequest(prompt=PROMPTS[1], max_tokens=3, stop=(stop,))]
     first, second = backend.complete(requests)
     assert first.text == "" and first.finish_reason == "stop"
-    assert second.tokens_out <= 3 and second.text == backend.complete([requests[1]])[0].text
+    assert second.tokens_out == 3 and second.finish_reason == "length"
+    assert second.text == backend.complete([requests[1]])[0].text
     assert new_tokens[1] <= max(3, first.tokens_out) < 20  # the call ended when both rows were done

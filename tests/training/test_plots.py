@@ -158,4 +158,4 @@ def test_strip_command_draws_a_generation_of_a_saved_model(tmp_path, capsys):
     assert main(["strip", "--generation", str(generation), "--model", str(model), "--out", str(out)]) == 0
     assert_png(out)
     assert main(["strip", "--generation", str(generation), "--model", str(model), "--line", "3"]) == 2
-    assert plots.action_colour(1) != plots.action_colour(2)
+    assert len({plots.action_colour(a) for a in range(plots.NUM_ACTIONS)}) == plots.NUM_ACTIONS   # 64 distinct colours
