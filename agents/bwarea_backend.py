@@ -1,14 +1,15 @@
-"""This project's own models (BWArea, AR baseline) as a text-completion backend.
+"""This project's own models (BWArea, CoLA, AR baseline) as a text-completion backend.
 
     backend = BWAreaBackend(BWAreaBackendConfig(model="runs/tiny/export"))   # a save_pretrained directory
 
+Any save_pretrained directory works, a trained run's export or one written by `bwarea convert`.
 The request's `temperature` is the temperature of the model's choice: the cognitive action for
-BWArea (the release used 2.0), the next token for the AR baseline; `token_temperature` (BWArea only)
-is how the world model picks the token given the action (0 = greedy). Stop strings end a row; the
-returned text stops before them. For BWArea every completion's metadata holds, per generated token
-and aligned: `token_ids`, `tokens` (each decoded alone, for display), the latent action behind it
-(`actions`) and that action's log-probability under the policy (`action_log_probs`); a trace gives
-them as `NodeTrace.token_actions()`.
+BWArea and CoLA (the BWArea release used 2.0), the next token for the AR baseline; `token_temperature`
+(latent-action models only) is how the world model picks the token given the action (0 = greedy).
+Stop strings end a row; the returned text stops before them. For a latent-action model every
+completion's metadata holds, per generated token and aligned: `token_ids`, `tokens` (each decoded
+alone, for display), the latent action behind it (`actions`) and that action's log-probability under
+the policy (`action_log_probs`); a trace gives them as `NodeTrace.token_actions()`.
 
 Chat requests: our tokenizers have no chat template, so messages are rendered as plain text
 ("System: ...", "User: ...", then "Assistant:"); a model trained on game transcripts is usually
@@ -18,22 +19,28 @@ better served by raw prompts (see `agents.direct_agent`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 
 import bwarea
+from bwarea.generation import PromptActions
 from agents.local_backend import GeneratedRow, LocalBackend
 
 
 @dataclass
 class BWAreaBackendConfig:
-    """model: directory written by save_pretrained (model + tokenizer).
-    token_temperature: BWArea only, world-model token temperature given the action (0 = greedy).
-    top_k / top_p: truncation of the choice's distribution. max_context: prompt + generated tokens
-    (default: the model's max_position_embeddings). seed: seeds sampling."""
+    """model: directory written by save_pretrained or `bwarea convert` (model + tokenizer).
+    token_temperature: latent-action models only, world-model token temperature given the action (0 = greedy).
+    prompt_actions: latent-action models only, how the prompt's own positions are labelled for the world
+    model: "inverse" (by the inverse dynamics: the prompt read as the text it is) or "policy" (by the
+    policy's choices, drawn like the generated actions); CoLA's world model reads no past actions, so
+    there both give the same text. top_k / top_p: truncation of the choice's distribution.
+    max_context: prompt + generated tokens (default: the model's max_position_embeddings). seed: seeds sampling."""
 
     model: str
     token_temperature: float = 0.0
+    prompt_actions: PromptActions = "inverse"
     top_k: int | None = None
     top_p: float | None = None
     device: str = "cpu"
@@ -45,17 +52,19 @@ class BWAreaBackendConfig:
 
 class BWAreaBackend(LocalBackend):
     def __init__(self, config: BWAreaBackendConfig) -> None:
+        if config.prompt_actions not in get_args(PromptActions):
+            raise ValueError(f"prompt_actions must be one of {get_args(PromptActions)}, got {config.prompt_actions!r}.")
         model = bwarea.load_pretrained(config.model, map_location=config.device)
-        if not isinstance(model, (bwarea.BWAreaModel, bwarea.ARLanguageModel)):
+        if not callable(getattr(model, "generate", None)):
             raise ValueError(f"{config.model} holds a {type(model).__name__}, which does not generate text; "
-                             "give a BWArea or AR baseline checkpoint.")
+                             "give a BWArea, CoLA or AR baseline checkpoint.")
         tokenizer = bwarea.load_tokenizer(config.model)
         super().__init__(tokenizer, config.max_context or model.config.max_position_embeddings, config.max_batch_size,
                          config.chat_template, config.seed)
         self.model = model.eval()
         self.config = config
         self.name = f"bwarea:{config.model}"
-        self.is_bwarea = isinstance(model, bwarea.BWAreaModel)
+        self.has_actions = bwarea.has_latent_actions(model)
 
     def _generate(self, prompts: list[list[int]], budgets: list[int], temperature: float,
                   stop: tuple[str, ...]) -> list[GeneratedRow]:
@@ -64,14 +73,14 @@ class BWAreaBackend(LocalBackend):
         output = self.model.generate(
             input_ids.to(device), attention_mask.to(device), max_new_tokens=max(budgets), temperature=temperature,
             top_k=self.config.top_k, top_p=self.config.top_p, token_temperature=self.config.token_temperature,
-            stop_strings=stop, tokenizer=self.tokenizer, pad_token_id=self.pad_id,
-            generator=torch.Generator(device).manual_seed(self.seed + self._calls))
+            prompt_actions=self.config.prompt_actions, stop_strings=stop, tokenizer=self.tokenizer,
+            pad_token_id=self.pad_id, generator=torch.Generator(device).manual_seed(self.seed + self._calls))
         rows = []
         for row in range(output.tokens.shape[0]):
             keep = output.mask[row]
             metadata = {}
             token_ids = output.tokens[row][keep].tolist()
-            if self.is_bwarea:
+            if self.has_actions:
                 metadata = {"token_ids": token_ids, "tokens": [self.tokenizer.decode([t]) for t in token_ids],
                             "actions": output.actions[row][keep].tolist(),
                             "action_log_probs": [round(x, 5) for x in output.action_log_probs[row][keep].tolist()]}

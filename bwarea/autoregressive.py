@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from bwarea.checkpoint import PretrainedModel
 from bwarea.config import ARConfig
-from bwarea.generation import GenerationOutput, generate
+from bwarea.generation import GenerationOutput, PromptActions, generate
 from bwarea.model import chosen_log_probs, next_token_loss
 from bwarea.transformer import KVCache, Transformer, init_weights
 
@@ -50,7 +50,10 @@ class ARLanguageModel(PretrainedModel):
         """Cached sampling; `actions` in the output are the generated tokens (options: `generate`)."""
         return generate(self, input_ids, attention_mask, **options)
 
-    def decoder(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int) -> "_ARDecoder":
+    def decoder(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int,
+                prompt_actions: PromptActions = "inverse") -> "_ARDecoder":
+        """`prompt_actions` is accepted for the shared generation interface and ignored: the AR model
+        has no latent actions, its prompt is just read."""
         return _ARDecoder(self, input_ids.shape[0], capacity)
 
 
@@ -60,7 +63,7 @@ class _ARDecoder:
         self.cache = model.trunk.new_cache(batch_size, capacity)
 
     def action_logits(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.model(tokens, mask, self.cache)[:, -1]
+        return self.model.lm_head(self.model.trunk(tokens, mask, self.cache)[:, -1:])
 
     def token_logits(self, tokens: torch.Tensor, mask: torch.Tensor, actions: torch.Tensor) -> None:
         return None

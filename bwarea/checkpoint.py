@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.nn as nn
@@ -21,28 +22,38 @@ from safetensors.torch import load_file, save_file
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+TRAINING_INFO_FILE = "training_info.json"  # which stage produced an export, and how
 
 # substring of a tensor name -> config fields that decide its shape (first match wins)
 _SHAPE_FIELDS: list[tuple[str, tuple[str, ...]]] = [
+    ("merges", ("merge_layers", "hidden_size", "merge_intermediate_size", "intermediate_size")),
     ("embed", ("vocab_size", "hidden_size")),
     ("lm_head", ("vocab_size", "hidden_size")),
     ("action_head", ("num_actions", "hidden_size")),
     ("codebook.up", ("code_dim", "hidden_size")),
+    ("codebook.weight", ("num_actions", "hidden_size")),
     ("codebook", ("num_actions", "code_dim")),
     ("usage", ("num_actions",)),
     ("ema_", ("num_actions", "code_dim")),
     ("to_code", ("code_dim", "hidden_size")),
+    ("qkv.bias", ("attention_bias", "hidden_size", "num_heads", "num_kv_heads")),
     ("attn", ("hidden_size", "num_heads", "num_kv_heads")),
     ("mlp", ("hidden_size", "intermediate_size")),
     ("norm", ("hidden_size",)),
     ("inject", ("hidden_size",)),
 ]
 # prefix of a tensor name -> config field giving that network's depth
-_DEPTH_FIELDS = {"world.": "world_layers", "inverse.": "inverse_layers", "policy.": "policy_layers", "trunk.": "num_layers"}
+_DEPTH_FIELDS = {"lm.": "num_layers", "world.": "world_layers", "inverse.": "inverse_layers", "policy.": "policy_layers", "trunk.": "num_layers"}
 
 
 class CheckpointError(ValueError):
     """A checkpoint directory that cannot be loaded into the requested model."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -53,6 +64,7 @@ def atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(temp)
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes owner-only files; a saved model is an ordinary file
         os.replace(temp, path)
     finally:
         if os.path.exists(temp):
@@ -81,6 +93,48 @@ def _fields_for(name: str) -> str:
         depth = next((field for prefix, field in _DEPTH_FIELDS.items() if name.startswith(prefix)), None)
         fields = (depth, *fields) if depth else fields
     return ", ".join(fields) or "the model architecture"
+
+
+def write_training_info(directory: str | os.PathLike, info: dict[str, Any]) -> None:
+    """Write training_info.json; `info` must name the "stage" that produced the export (read_training_info needs it)."""
+    if "stage" not in info:
+        raise ValueError(f"training info for {directory} must name the 'stage' that produced the export, got keys {sorted(info)}.")
+    atomic_write_text(Path(directory) / TRAINING_INFO_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def read_training_info(directory: str | os.PathLike, purpose: str = "this run") -> dict[str, Any]:
+    """The training_info.json of an export directory; CheckpointError naming `purpose` if it is not one."""
+    directory = Path(directory).expanduser()
+    path = directory / TRAINING_INFO_FILE
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} does not exist; {purpose} needs the export/ directory of a finished bwarea training run.")
+    if not path.is_file():
+        raise CheckpointError(f"{directory} has no {TRAINING_INFO_FILE}, so it is not the export/ directory of a bwarea "
+                              f"training run; {purpose} needs one (runs/<name>/export).")
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error}); re-export the run.") from None
+    if not isinstance(info, dict) or "stage" not in info:
+        raise CheckpointError(f"{path} does not name the stage that produced the export; re-export the run.")
+    return info
+
+
+def replace_directory(target: Path, write: Callable[[Path], None]) -> None:
+    """Call write(staging) on an empty sibling directory, then swap it in for `target` by renames."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    retired = target.parent / f".{target.name}.old-{os.getpid()}"
+    try:
+        write(staging)
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes an owner-only directory
+        if target.exists():
+            os.replace(target, retired)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
+
 
 
 class PretrainedModel(nn.Module):

@@ -39,16 +39,22 @@ class CodeUsage:
     alive_codes: int        # distinct codes used in the batch
     entropy: float          # entropy (nats) of the batch's code histogram; log K when uniform
     perplexity: float       # exp(entropy): the effective number of codes in use
+    largest_share: float    # share of the most used code: 1/K when uniform, 1 when collapsed
 
 
 def code_usage(indices: torch.Tensor, num_codes: int, mask: torch.Tensor | None = None) -> CodeUsage:
     """Usage statistics of a batch of code indices (positions where `mask` is False are ignored)."""
     chosen = indices[mask] if mask is not None else indices.reshape(-1)
-    counts = torch.bincount(chosen, minlength=num_codes).float()
-    total = counts.sum().clamp(min=1)
-    probs = counts / total
+    return usage_from_counts(torch.bincount(chosen, minlength=num_codes))
+
+
+def usage_from_counts(counts: torch.Tensor) -> CodeUsage:
+    """Usage statistics of a histogram of code assignments (K,)."""
+    counts = counts.float()
+    probs = counts / counts.sum().clamp(min=1)
     entropy = float(-(probs[probs > 0] * probs[probs > 0].log()).sum())
-    return CodeUsage(alive_codes=int((counts > 0).sum()), entropy=entropy, perplexity=math.exp(entropy))
+    return CodeUsage(alive_codes=int((counts > 0).sum()), entropy=entropy, perplexity=math.exp(entropy),
+                     largest_share=float(probs.max()) if counts.numel() else 0.0)
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,12 @@ from typing import Any, Literal
 
 @dataclass
 class TransformerConfig:
-    """Shape of one causal Llama-style trunk (token embedding, blocks, final norm)."""
+    """Shape of one causal Llama-style trunk (token embedding, blocks, final norm).
+
+    attention_bias: a bias on the fused q/k/v projection (the Qwen2 family); the output projection never has one.
+    rope_scaling: Hugging Face's rope scaling dict, e.g. {"rope_type": "llama3", "factor": 8.0, ...};
+        None (or rope_type "default") is plain RoPE. Supported types: ROPE_SCALING_KEYS.
+    """
 
     vocab_size: int
     hidden_size: int
@@ -29,13 +34,39 @@ class TransformerConfig:
     max_position_embeddings: int
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
+    attention_bias: bool = False
+    rope_scaling: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _check_attention_shape(self.hidden_size, self.num_heads, self.num_kv_heads)
+        check_rope_scaling(self.rope_scaling)
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+
+# rope_type -> the keys of a Hugging Face rope scaling dict it needs (besides "rope_type")
+ROPE_SCALING_KEYS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def check_rope_scaling(rope_scaling: dict[str, Any] | None) -> None:
+    """ValueError unless `rope_scaling` is None or a rope scaling dict of a supported rope_type with its keys."""
+    if rope_scaling is None:
+        return
+    if not isinstance(rope_scaling, dict):
+        raise ValueError(f"rope_scaling must be a dict like {{'rope_type': 'linear', 'factor': 2.0}} or None, got {rope_scaling!r}.")
+    rope_type = rope_scaling.get("rope_type")
+    if rope_type not in ROPE_SCALING_KEYS:
+        raise ValueError(f"rope_scaling rope_type {rope_type!r} is not supported; supported types are "
+                         f"{', '.join(repr(name) for name in ROPE_SCALING_KEYS)}.")
+    missing = [key for key in ROPE_SCALING_KEYS[rope_type] if key not in rope_scaling]
+    if missing:
+        raise ValueError(f"rope_scaling of rope_type {rope_type!r} needs {', '.join(repr(key) for key in missing)}; got {rope_scaling!r}.")
 
 
 def _check_attention_shape(hidden_size: int, num_heads: int, num_kv_heads: int) -> None:
@@ -49,7 +80,11 @@ def _check_attention_shape(hidden_size: int, num_heads: int, num_kv_heads: int) 
 
 @dataclass
 class BaseModelConfig:
-    """Fields and helpers shared by both model configs (serialised to config.json)."""
+    """Fields and helpers shared by both model configs (serialised to config.json).
+
+    attention_bias and rope_scaling: see TransformerConfig (set when a trunk starts from a Qwen2 or a
+    Llama 3.x checkpoint; the defaults are what every from-scratch model uses).
+    """
 
     vocab_size: int = 4096
     hidden_size: int = 128
@@ -59,6 +94,8 @@ class BaseModelConfig:
     max_position_embeddings: int = 512
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
+    attention_bias: bool = False
+    rope_scaling: dict[str, Any] | None = None
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
     pad_token_id: int | None = None
@@ -68,6 +105,7 @@ class BaseModelConfig:
 
     def __post_init__(self) -> None:
         _check_attention_shape(self.hidden_size, self.num_heads, self.num_kv_heads)
+        check_rope_scaling(self.rope_scaling)
         for name in ("vocab_size", "intermediate_size", "max_position_embeddings"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
@@ -83,6 +121,8 @@ class BaseModelConfig:
             max_position_embeddings=self.max_position_embeddings,
             rope_theta=self.rope_theta,
             rms_norm_eps=self.rms_norm_eps,
+            attention_bias=self.attention_bias,
+            rope_scaling=self.rope_scaling,
         )
 
     def to_dict(self) -> dict[str, Any]:

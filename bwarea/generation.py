@@ -1,11 +1,19 @@
 """Batched generation with KV caches for BWArea ("simulate an LLM") and the autoregressive baseline.
 
-One loop drives both models through a small decoder interface:
-- `action_logits(tokens, mask)`: logits of the choice made at the newest position — the cognitive
-  action for BWArea (policy), the next token for the AR model;
-- `token_logits(tokens, mask, actions)`: BWArea's world-model logits given the chosen action, or
-  None for the AR model (its choice already is the token).
+One loop drives both models through a small decoder interface, built by
+`model.decoder(input_ids, attention_mask, capacity, prompt_actions=...)`:
+- `action_logits(tokens, mask) -> (B, C, K)`: logits of the C choices the loop must make at this call —
+  the cognitive action for BWArea (policy), the next token for the AR model. The last of them is the
+  choice at the newest position; C > 1 only on the first call of a decoder that wants the prompt's
+  own positions chosen too (prompt_actions="policy");
+- `token_logits(tokens, mask, actions (B, C)) -> (B, V) | None`: BWArea's world-model logits given the
+  chosen actions, or None for the AR model (its choice already is the token).
 The first call receives the whole (left-padded) prompt; later calls one new token per row.
+
+prompt_actions says how a latent-action model labels the prompt's own positions for its world model:
+"inverse" — by the inverse dynamics, so the prompt is read as the text it is (C = 1); "policy" — by the
+policy's choices, drawn like the generated actions (greedy at temperature 0, else sampled with the same
+temperature, top-k, top-p and generator). The AR model has no actions and ignores it.
 
 The output records, for every generated token, the action that produced it (the token itself for
 the AR model) and log pi(action | state) under the policy at temperature 1, whatever the sampling
@@ -15,13 +23,15 @@ temperature — the quantity reward fine-tuning differentiates.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Literal, Protocol, Sequence, get_args
 
 import torch
 
+PromptActions = Literal["inverse", "policy"]
+
 
 class Decoder(Protocol):
-    def action_logits(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor: ...
+    def action_logits(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor: ...  # (B, C, K)
 
     def token_logits(self, tokens: torch.Tensor, mask: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None: ...
 
@@ -116,7 +126,7 @@ def generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor |
              token_temperature: float = 0.0, actions: int | Sequence[int] | torch.Tensor | None = None,
              eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
              stop_strings: Sequence[str] = (), tokenizer: Any = None,
-             generator: torch.Generator | None = None) -> GenerationOutput:
+             prompt_actions: PromptActions = "inverse", generator: torch.Generator | None = None) -> GenerationOutput:
     """Generate up to `max_new_tokens` tokens for a left-padded batch.
 
     temperature: sampling temperature of the choice (BWArea: the cognitive action; AR: the token);
@@ -128,10 +138,15 @@ def generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor |
         row, or a (B, N) tensor. Log-probabilities of the forced actions are still reported.
     eos_token_id / stop_strings: a row stops after emitting EOS or once its text contains a stop string
         (the stopping token is kept and marked in `mask`). Defaults: the model config's eos/pad ids.
+    prompt_actions: latent-action models only — how the world model's actions at the prompt's own
+        positions are chosen: "inverse" (inverse-dynamics labels) or "policy" (the policy's choices,
+        drawn with temperature/top_k/top_p/generator like the generated actions); see the module docstring.
     generator: torch.Generator for reproducible sampling.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+    if prompt_actions not in get_args(PromptActions):
+        raise ValueError(f"prompt_actions must be one of {get_args(PromptActions)}, got {prompt_actions!r}.")
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}.")
     config = model.config
@@ -143,7 +158,8 @@ def generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     eos_ids = config.eos_token_id if eos_token_id is None else eos_token_id
     eos_ids = torch.as_tensor([] if eos_ids is None else eos_ids, dtype=torch.long, device=device).flatten()
     pad_id = pad_token_id if pad_token_id is not None else (config.pad_token_id if config.pad_token_id is not None else 0)
-    decoder: Decoder = model.decoder(input_ids, attention_mask, prompt_length + max_new_tokens)
+    decoder: Decoder = model.decoder(input_ids, attention_mask, prompt_length + max_new_tokens,
+                                     prompt_actions=prompt_actions)
     stops = _StopStrings(stop_strings, tokenizer)
 
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -157,9 +173,14 @@ def generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor |
         choice_logits = decoder.action_logits(step_input, step_mask).float()
         if forced is None and actions is not None:
             forced = _forced_actions(actions, batch, max_new_tokens, choice_logits.shape[-1], device)
-        action = forced[:, step] if forced is not None else choose(choice_logits, temperature, top_k, top_p, generator)
-        action_log_prob = choice_logits.log_softmax(-1).gather(-1, action[:, None]).squeeze(-1)
-        token_logits = decoder.token_logits(step_input, step_mask, action)
+        if forced is None:
+            step_actions = choose(choice_logits, temperature, top_k, top_p, generator)
+        else:  # only the newest choice is forced; prompt positions the decoder asks for are still drawn
+            drawn = choose(choice_logits[:, :-1], temperature, top_k, top_p, generator)
+            step_actions = torch.cat([drawn, forced[:, step, None]], dim=1)
+        action = step_actions[:, -1]
+        action_log_prob = choice_logits[:, -1].log_softmax(-1).gather(-1, action[:, None]).squeeze(-1)
+        token_logits = decoder.token_logits(step_input, step_mask, step_actions)
         token = action if token_logits is None else choose(token_logits, token_temperature, generator=generator)
 
         tokens[:, step] = torch.where(active, token, pad_id)

@@ -11,8 +11,20 @@ Modes:
 - `label_actions`: the inverse dynamics' action for every position of any text;
 - `action_log_probs`: log pi of given actions (e.g. ID labels, or actions from a rollout);
 - `world_logits`: world model driven by any given action sequence;
-- `simulated_logits`: the "simulated LLM" — world model driven by the policy's own actions;
+- `two_stream_logits`: world logits at every t under history a_{<t} from the inverse dynamics and the
+  current action a_t given per position — in one pass (see below);
+- `simulated_logits` ("all-policy" simulated LLM): the world model driven by the policy's actions at
+  every position, history included;
+- `two_stream_simulated_logits` ("two-stream" simulated LLM): inverse-dynamics history, policy action
+  at the current step — the conditionals cached generation scores for the first token after a prompt;
 - `generate` (bwarea.generation): policy picks actions, world model emits tokens.
+
+Two streams in one pass: the world model's lower half (layers < L/2) does not see actions, so it runs
+once. The upper half runs on a sequence of length 2T-1: stream 1 holds positions 0..T-2 with the
+inverse-dynamics actions injected (the history), stream 2 positions 0..T-1 with the current actions.
+Stream-1 queries are causal over stream 1; stream-2 query t sees stream-1 keys < t and its own key
+only. Both streams use rotary position t, so stream-2 position t computes exactly what a decoder
+with the history cached computes for x_{t+1} given a_t.
 """
 
 from __future__ import annotations
@@ -26,10 +38,10 @@ from bwarea.checkpoint import PretrainedModel
 from bwarea.codebook import ActionCodebook, CodeUsage, code_usage
 from bwarea.config import BWAreaConfig
 from bwarea.cross_entropy import linear_cross_entropy
-from bwarea.generation import GenerationOutput, choose, generate
+from bwarea.generation import GenerationOutput, PromptActions, choose, generate
 from bwarea.inverse_dynamics import InverseDynamics
 from bwarea.policy import CognitivePolicy
-from bwarea.transformer import init_weights
+from bwarea.transformer import AttentionInputs, init_weights
 from bwarea.world_model import LanguageWorldModel
 
 
@@ -77,6 +89,22 @@ def next_token_loss(hidden: torch.Tensor, lm_head: torch.nn.Linear, input_ids: t
     losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     weights = mask.reshape(-1).float()
     return (losses * weights).sum() / weights.sum().clamp(min=1), logits
+
+
+def two_stream_mask(token_mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 2T-1, 2T-1) mask over [stream 1: positions 0..T-2 ; stream 2: positions 0..T-1].
+
+    token_mask (B, T) marks real tokens. Every query sees the real stream-1 keys at earlier positions
+    and itself — which is causal attention for stream 1 and "history plus own slot" for stream 2.
+    Seeing itself also keeps padded queries finite (their outputs are never used).
+    """
+    steps = token_mask.shape[1]
+    positions = torch.cat([torch.arange(steps - 1), torch.arange(steps)]).to(token_mask.device)
+    is_history = torch.arange(2 * steps - 1, device=token_mask.device) < steps - 1
+    earlier_history = is_history[None, :] & (positions[None, :] < positions[:, None])
+    key_real = torch.cat([token_mask[:, :-1], token_mask], dim=1)
+    own_slot = torch.eye(2 * steps - 1, dtype=torch.bool, device=token_mask.device)
+    return ((earlier_history[None] & key_real[:, None, :]) | own_slot[None])[:, None]
 
 
 class BWAreaModel(PretrainedModel):
@@ -141,41 +169,82 @@ class BWAreaModel(PretrainedModel):
         actions = actions.expand(input_ids.shape) if actions.dim() == 1 else actions
         return self.world(input_ids, self.codebook.embed(actions), attention_mask)
 
+    def two_stream_logits(self, input_ids: torch.Tensor, current_actions: torch.Tensor,
+                          attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """World-model logits (B, T, V); entry t predicts x_{t+1} from x_{<=t} under a_{<t} = the inverse
+        dynamics' labels and a_t = current_actions[:, t] ((B, T) or (T,)). One pass (module docstring).
+
+        The last position has no label, which no entry needs: entry t reads history labels < t only.
+        """
+        current_actions = current_actions.expand(input_ids.shape) if current_actions.dim() == 1 else current_actions
+        token_mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        history_actions = self.label_actions(input_ids, attention_mask)
+        world, steps = self.world, input_ids.shape[1]
+        lower = world.trunk.run_blocks(world.trunk.embed(input_ids), world.trunk.attention_inputs(input_ids, attention_mask),
+                                       stop=world.injection_layer)
+        streams = torch.cat([world.inject(lower[:, :-1], self.codebook.embed(history_actions)),
+                             world.inject(lower, self.codebook.embed(current_actions))], dim=1)
+        positions = (token_mask.long().cumsum(-1) - 1).clamp(min=0)
+        cos, sin = world.trunk.rope(torch.cat([positions[:, :-1], positions], dim=1))
+        inputs = AttentionInputs(cos, sin, two_stream_mask(token_mask), causal=False)
+        upper = world.trunk.run_blocks(streams, inputs, start=world.injection_layer)
+        return world.lm_head(world.trunk.norm(upper[:, steps - 1:]))
+
     def simulated_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                          temperature: float = 0.0, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The simulated LLM under teacher forcing: policy actions (greedy if temperature == 0, else
-        sampled at that temperature) drive the world model. Returns (logits (B, T, V), actions (B, T))."""
-        action_logits = self.policy_logits(input_ids, attention_mask)
-        actions = choose(action_logits, temperature, generator=generator)
+        """The all-policy simulated LLM under teacher forcing: policy actions (greedy if temperature == 0,
+        else sampled at that temperature) drive the world model at every position, history included.
+        Returns (logits (B, T, V), actions (B, T))."""
+        actions = choose(self.policy_logits(input_ids, attention_mask), temperature, generator=generator)
         return self.world_logits(input_ids, actions, attention_mask), actions
+
+    def two_stream_simulated_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                                    temperature: float = 0.0, generator: torch.Generator | None = None
+                                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-stream simulated LLM: entry t scores x_{t+1} under inverse-dynamics history and the
+        policy's action a_t (greedy if temperature == 0, else sampled) — what generation scores for the
+        first token after the prompt x_{<=t}. Returns (logits (B, T, V), actions (B, T))."""
+        actions = choose(self.policy_logits(input_ids, attention_mask), temperature, generator=generator)
+        return self.two_stream_logits(input_ids, actions, attention_mask), actions
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **options) -> GenerationOutput:
         """Simulate an LLM: the policy picks an action per token, the world model speaks (options: `generate`)."""
         return generate(self, input_ids, attention_mask, **options)
 
-    def decoder(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int) -> "_BWAreaDecoder":
-        return _BWAreaDecoder(self, input_ids, attention_mask, capacity)
+    def decoder(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int,
+                prompt_actions: PromptActions = "inverse") -> "_BWAreaDecoder":
+        return _BWAreaDecoder(self, input_ids, attention_mask, capacity, prompt_actions)
 
 
 class _BWAreaDecoder:
     """Cached decoding: the policy chooses a_t from x_{<=t}, then the world model emits x_{t+1}.
 
-    Actions inside the prompt (which already has its next tokens) come from the inverse dynamics, so
-    the world model reads the prompt as the text it is; only the last prompt position's action is chosen.
+    The prompt's own positions (which already have their next tokens) are labelled, for the world
+    model, by the inverse dynamics (prompt_actions="inverse": the world model reads the prompt as the
+    text it is) or by the policy (prompt_actions="policy": the first `action_logits` call then returns
+    the logits of every prompt position, and generation chooses all of them). The last prompt
+    position's action is always chosen by the policy.
     """
 
-    def __init__(self, model: BWAreaModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int):
+    def __init__(self, model: BWAreaModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int,
+                 prompt_actions: PromptActions):
         self.model = model
         self.policy_cache = model.policy.trunk.new_cache(input_ids.shape[0], capacity)
         self.world_cache = model.world.trunk.new_cache(input_ids.shape[0], capacity)
-        self.prompt_actions = model.label_actions(input_ids, attention_mask)
+        self.prompt_labels = model.label_actions(input_ids, attention_mask) if prompt_actions == "inverse" else None
+        self.choose_prompt = prompt_actions == "policy"
 
     def action_logits(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.model.policy(tokens, mask, self.policy_cache)[:, -1]
+        logits = self.model.policy(tokens, mask, self.policy_cache)
+        if self.choose_prompt:
+            self.choose_prompt = False
+            return logits
+        return logits[:, -1:]
 
     def token_logits(self, tokens: torch.Tensor, mask: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        step_actions = actions[:, None]
-        if self.prompt_actions is not None:
-            step_actions = torch.cat([self.prompt_actions, step_actions], dim=1)
-            self.prompt_actions = None
-        return self.model.world(tokens, self.model.codebook.embed(step_actions), mask, self.world_cache)[:, -1]
+        if self.prompt_labels is not None:
+            actions = torch.cat([self.prompt_labels, actions], dim=1)
+            self.prompt_labels = None
+        world = self.model.world
+        hidden = world.hidden_states(tokens, self.model.codebook.embed(actions), mask, self.world_cache)
+        return world.lm_head(hidden[:, -1])

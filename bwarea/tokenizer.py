@@ -47,17 +47,22 @@ def wrap_tokenizer(backend: Tokenizer) -> PreTrainedTokenizerFast:
 
 
 def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
-    """Load any Hugging Face tokenizer from a local directory (no downloads), padded on the left."""
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"tokenizer directory {path} does not exist; train one with bwarea.tokenizer.train_tokenizer "
-                                "and save_pretrained it, or point to a local Hugging Face tokenizer directory.")
-    # a model directory's config.json names a model type transformers does not know; reading the tokenizer
-    # class from tokenizer_config.json avoids AutoTokenizer consulting it (and warning)
-    settings = Path(path) / "tokenizer_config.json"
-    class_name = json.loads(settings.read_text()).get("tokenizer_class") if settings.is_file() else None
-    tokenizer_class = getattr(transformers, class_name, None) if class_name else None
-    loader = tokenizer_class if tokenizer_class is not None else AutoTokenizer
-    tokenizer = loader.from_pretrained(str(path), local_files_only=True)
+    """Load any Hugging Face tokenizer from a local directory or a .gguf model file (no downloads), padded on the left."""
+    path = Path(path).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+    elif path.is_dir():
+        # a model directory's config.json names a model type transformers does not know; reading the tokenizer
+        # class from tokenizer_config.json avoids AutoTokenizer consulting it (and warning)
+        settings = path / "tokenizer_config.json"
+        class_name = json.loads(settings.read_text()).get("tokenizer_class") if settings.is_file() else None
+        tokenizer_class = getattr(transformers, class_name, None) if class_name else None
+        loader = tokenizer_class if tokenizer_class is not None else AutoTokenizer
+        tokenizer = loader.from_pretrained(str(path), local_files_only=True)
+    else:
+        raise FileNotFoundError(f"tokenizer directory or GGUF file {path} does not exist; train a tokenizer with "
+                                "bwarea.tokenizer.train_tokenizer and save_pretrained it, or point to a local Hugging Face "
+                                "tokenizer directory or GGUF model file.")
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,7 +1,8 @@
 """Llama-style causal transformer trunk with a key/value cache.
 
-RMSNorm, rotary position embeddings (rotate-half convention), SwiGLU feed-forward, grouped
-key/value heads and PyTorch's scaled-dot-product attention. Every BWArea network and the
+RMSNorm, rotary position embeddings (rotate-half convention, optionally with Hugging Face's rope
+scaling), SwiGLU feed-forward, grouped key/value heads (optionally with a q/k/v bias, as in Qwen2)
+and PyTorch's scaled-dot-product attention. Every BWArea network and the
 autoregressive baseline are built from `Transformer`.
 
 Padding: batches may be left padded; `attention_mask` (B, T) marks real tokens. Positions are
@@ -12,12 +13,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bwarea.config import TransformerConfig
+from bwarea.config import TransformerConfig, check_rope_scaling
 
 
 class RMSNorm(nn.Module):
@@ -32,16 +34,43 @@ class RMSNorm(nn.Module):
         return (x * torch.rsqrt(variance + self.eps)).type_as(x) * self.weight
 
 
+def rope_inverse_frequencies(head_dim: int, theta: float, rope_scaling: dict[str, Any] | None = None) -> torch.Tensor:
+    """(head_dim/2,) float64 rotation speeds w_i = theta^(-2i/head_dim), rescaled as Hugging Face's
+    rope scaling types do (transformers.modeling_rope_utils; none of these scales the attention):
+
+    - "default": unchanged;
+    - "linear": w_i / factor (positions interpolated `factor` times more densely);
+    - "llama3": with wavelength lambda_i = 2 pi / w_i and the original context C,
+      lambda_i < C / high_freq_factor keeps w_i; lambda_i > C / low_freq_factor gets w_i / factor;
+      in between, w_i ((1 - s) / factor + s) with s = (C / lambda_i - low_freq_factor) / (high_freq_factor - low_freq_factor).
+    """
+    check_rope_scaling(rope_scaling)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    rope_type = "default" if rope_scaling is None else rope_scaling["rope_type"]
+    if rope_type == "linear":
+        return inv_freq / rope_scaling["factor"]
+    if rope_type == "llama3":
+        factor, context = rope_scaling["factor"], rope_scaling["original_max_position_embeddings"]
+        low, high = rope_scaling["low_freq_factor"], rope_scaling["high_freq_factor"]
+        wavelength = 2 * math.pi / inv_freq
+        smooth = (context / wavelength - low) / (high - low)
+        blended = ((1 - smooth) / factor + smooth) * inv_freq
+        scaled = torch.where(wavelength > context / low, inv_freq / factor, blended)
+        return torch.where(wavelength < context / high, inv_freq, scaled)
+    return inv_freq
+
+
 class RotaryEmbedding(nn.Module):
     """Precomputed tables rotating feature pairs (i, i + head_dim/2) of queries and keys.
 
     The usual x*cos + rotate_half(x)*sin, with rotate_half(x) = [-x2, x1], is computed as
     x*cos + roll(x, head_dim/2)*[-sin, sin]: fewer kernel launches, which matters when decoding.
+    Rotation speeds: `rope_inverse_frequencies` (rope_scaling as in Hugging Face configs).
     """
 
-    def __init__(self, head_dim: int, max_positions: int, theta: float):
+    def __init__(self, head_dim: int, max_positions: int, theta: float, rope_scaling: dict[str, Any] | None = None):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        inv_freq = rope_inverse_frequencies(head_dim, theta, rope_scaling)
         angles = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv_freq)
         self.register_buffer("cos", torch.cat([angles.cos(), angles.cos()], dim=-1).float(), persistent=False)
         self.register_buffer("sin", torch.cat([-angles.sin(), angles.sin()], dim=-1).float(), persistent=False)
@@ -138,7 +167,8 @@ class Attention(nn.Module):
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.head_dim
-        self.qkv = nn.Linear(config.hidden_size, (config.num_heads + 2 * config.num_kv_heads) * self.head_dim, bias=False)
+        self.qkv = nn.Linear(config.hidden_size, (config.num_heads + 2 * config.num_kv_heads) * self.head_dim,
+                             bias=config.attention_bias)
         self.out = nn.Linear(config.num_heads * self.head_dim, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, inputs: AttentionInputs, layer: int) -> torch.Tensor:
@@ -188,7 +218,7 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rope = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
+        self.rope = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling)
 
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
         weight = self.embed.weight

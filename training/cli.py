@@ -11,6 +11,7 @@ import sys
 
 # name -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("training.convert", "start from a pretrained model: BWArea / CoLA / AR baseline from a Hugging Face LM, or the released BWArea-2.7B"),
     "data": ("training.data_cli", "build pretraining corpora from TextWorld, Crafter and BIG-Bench Hard"),
     "evaluate": ("training.evaluate", "evaluate an agent on TextWorld / Crafter / BIG-Bench Hard: resumable, with a report"),
     "finetune": ("training.finetune", "fine-tune the cognitive policy (or the AR baseline) against game rewards: ReMax, PM-RLHF, PPO"),

@@ -32,6 +32,7 @@ from training.rollout import Episode, RolloutConfig, RolloutEngine
 from training.runs import RunDirectory, UserError
 
 PLAN_FILE = "plan.json"
+PRETRAINED_START_FIELDS = ("val_blocks", "init_from", "variant", "tuning", "policy_tuning", "ar_tuning", "lora")
 
 
 @dataclass
@@ -39,8 +40,14 @@ class PretrainBudget:
     """Pretraining settings shared by BWArea and the AR baseline.
 
     architecture: overrides of the preset's shapes (e.g. {"hidden_size": 64}); the AR baseline matches the
-        world model's shape. steps: optimizer steps of stage 1 and of the AR baseline (same token budget);
+        world model's shape. With init_from: the action options instead (num_actions, code_dim, ...), plus
+        max_position_embeddings, which also caps the AR baseline's context.
+    steps: optimizer steps of stage 1 and of the AR baseline (same token budget);
         policy_steps: stage-2 steps (behaviour cloning on the same blocks).
+    init_from: a pretrained Hugging Face causal LM (directory or .gguf): BWArea (`variant` bwarea or cola) is
+        built from it and the AR baseline is that LM, fine-tuned on the same blocks; both read with its tokenizer.
+    tuning / policy_tuning / ar_tuning: what trains in stage 1, stage 2 and the AR baseline (full, actions,
+        head, lora: training.pretrain), with `lora` the LoRA settings ({rank, alpha, dropout, targets}).
     """
 
     preset: str = "tiny"
@@ -55,6 +62,13 @@ class PretrainBudget:
     precision: str = "bf16-mixed"
     val_fraction: float = 0.1
     val_check_interval: int = 100
+    val_blocks: int = 32
+    init_from: str | None = None
+    variant: str = "bwarea"
+    tuning: str = "full"
+    policy_tuning: str = "full"
+    ar_tuning: str = "full"
+    lora: dict[str, Any] | None = None
     cache_dir: str | None = None
     progress: bool = True
     seed: int = 0
@@ -77,6 +91,9 @@ class FinetuneBudget:
     objective_options: dict[str, Any] = field(default_factory=dict)
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(max_turns=8, max_new_tokens=12))
     learning_rate: float = 3e-5
+    tuning: str = "full"
+    lora: dict[str, Any] | None = None
+    accelerator: str = "auto"
     progress: bool = True
     seed: int = 0
 
@@ -150,23 +167,39 @@ def pretrain_pair(corpus: Path, root: Path, budget: PretrainBudget) -> dict[str,
         optimizer = {"lr": budget.learning_rate, "warmup_steps": budget.warmup_steps}
         return {
             "seed_everything": budget.seed,
-            "run": {"name": name, "root": str(root), "checkpoint_every_n_steps": max(steps // 4, 1), "wandb": False},
+            "run": {"name": name, "root": str(root), "checkpoint_every_n_steps": max(steps // 4, 1), "keep_checkpoints": 1,
+                    "wandb": False},
             "model": {"class_path": f"training.pretrain.{class_path}", "init_args": {**init_args, "optimizer": optimizer}},
             "data": {"corpus": str(corpus), "tokenizer": tokenizer, "vocab_size": budget.vocab_size,
                      "block_size": budget.block_size, "batch_size": budget.batch_size, "val_fraction": budget.val_fraction,
-                     "val_blocks": 32, "cache_dir": budget.cache_dir, "progress": budget.progress},
+                     "val_blocks": budget.val_blocks, "cache_dir": budget.cache_dir, "progress": budget.progress},
             "trainer": {"max_steps": steps, "precision": budget.precision, "val_check_interval": min(budget.val_check_interval, steps),
                         "log_every_n_steps": 10, "enable_progress_bar": budget.progress, "enable_model_summary": False,
                         "num_sanity_val_steps": 0},
         }
 
+    lora = {"lora": budget.lora} if budget.lora else {}
     shapes = {"preset": budget.preset, "architecture": budget.architecture}
-    jobs = [("world", "WorldModelStage", shapes, budget.steps, None),
-            ("policy", "PolicyStage", {"stage1": str(RunDirectory(root / "world").export)}, budget.policy_steps, None),
-            ("ar", "ARBaseline", shapes, budget.steps, str(RunDirectory(root / "world").export))]
-    common = {key: value for key, value in asdict(budget).items() if key not in ("steps", "policy_steps", "progress", "cache_dir")}
+    world = {**shapes, "tuning": budget.tuning, **lora}
+    ar = {**shapes, "tuning": budget.ar_tuning, **lora}
+    if budget.init_from is not None:
+        world.update(init_from=budget.init_from, variant=budget.variant)
+        context = {k: v for k, v in (budget.architecture or {}).items() if k == "max_position_embeddings"}
+        ar.update(init_from=budget.init_from, architecture=context or None)
+    policy = {"stage1": str(RunDirectory(root / "world").export), "tuning": budget.policy_tuning, **lora}
+    jobs = [("world", "WorldModelStage", world, budget.steps, None),
+            ("policy", "PolicyStage", policy, budget.policy_steps, None),
+            ("ar", "ARBaseline", ar, budget.steps, str(RunDirectory(root / "world").export))]
+    defaults = asdict(PretrainBudget())
+    # settings added with pretrained starts enter the plan only when set, so runs recorded before them still match
+    common = {key: value for key, value in asdict(budget).items()
+              if key not in ("steps", "policy_steps", "progress", "cache_dir")
+              and (key not in PRETRAINED_START_FIELDS or value != defaults[key])}
+    # what a job does not depend on stays out of its plan (the AR baseline is the same run whatever BWArea tunes)
+    unrelated = {"world": ("policy_tuning", "ar_tuning"), "policy": ("ar_tuning",), "ar": ("tuning", "policy_tuning")}
     for name, class_path, init_args, steps, tokenizer in jobs:
-        _check_plan(root / name, {**common, "job": class_path, "corpus": corpus_fingerprint(corpus), "steps": steps})
+        plan = {key: value for key, value in common.items() if key not in unrelated[name]}
+        _check_plan(root / name, {**plan, "job": class_path, "corpus": corpus_fingerprint(corpus), "steps": steps})
         if not _finished(root, name):
             config = settings(name, class_path, init_args, steps, tokenizer)
             resume = _resume_arguments(root, name)
@@ -180,24 +213,51 @@ def finetune(export: Path, root: Path, name: str, budget: FinetuneBudget) -> Pat
     """ReMax (or another objective) on the training split; returns the fine-tuned export."""
     from training.finetune import run
 
-    plan = {key: value for key, value in asdict(budget).items() if key != "progress"}
+    plan = {key: value for key, value in asdict(budget).items() if key not in ("progress", "accelerator")}
     plan["env_options"] = {key: value for key, value in budget.env_options.items() if key != "cache_dir"}
     _check_plan(root / name, {**plan, "pretrained": str(Path(export).resolve())})
     if not _finished(root, name):
         config = {
             "seed_everything": budget.seed,
-            "run": {"name": name, "root": str(root), "checkpoint_every_n_steps": max(budget.updates // 4, 1), "wandb": False},
+            "run": {"name": name, "root": str(root), "checkpoint_every_n_steps": max(budget.updates // 4, 1), "keep_checkpoints": 1,
+                    "wandb": False},
             "model": {"pretrained": str(export), "env": budget.env, "env_options": budget.env_options,
                       "task_pool": budget.task_pool, "episodes_per_update": budget.episodes_per_update,
                       "updates": budget.updates, "objective": budget.objective,
                       "objective_options": budget.objective_options, "rollout": asdict(budget.rollout),
-                      "learning_rate": budget.learning_rate, "seed": budget.seed},
-            "trainer": {"enable_progress_bar": budget.progress, "enable_model_summary": False, "log_every_n_steps": 1},
+                      "learning_rate": budget.learning_rate, "seed": budget.seed, "tuning": budget.tuning,
+                      **({"lora": budget.lora} if budget.lora else {})},
+            "trainer": {"enable_progress_bar": budget.progress, "enable_model_summary": False, "log_every_n_steps": 1,
+                        "accelerator": budget.accelerator},
         }
         resume = _resume_arguments(root, name)
         config["run"].update(resume.pop("run", {}))
         run({**config, **resume})
     return RunDirectory(root / name).export
+
+
+def model_costs(export: Path, context: int) -> dict[str, float]:
+    """Parameters and FLOPs per token of a saved model at `context` tokens (bwarea.diagnostics.flops_per_token:
+    training per stage and generation), from its shapes alone."""
+    from bwarea.diagnostics import flops_per_token
+
+    model = bwarea.load_shapes(export)
+    return {"parameters": model.num_parameters(), **flops_per_token(model, context)}
+
+
+def diagnostics(exports: dict[str, Path]) -> dict[str, float]:
+    """What the pretraining validation says about the latent actions (training.pretrain): how much of the next
+    token the action carries (nats), code usage, and the simulated-LLM perplexities of stage 2."""
+    from training.runs import read_training_info
+
+    wanted = ("val/action_information", "val/next_token_entropy", "val/next_token_entropy_given_action",
+              "val/alive_codes", "val/largest_code_share", "val/sim_greedy_perplexity", "val/sim_all_policy_greedy_perplexity",
+              "val/bc_top1")
+    result = {}
+    for stage, key in (("stage 1", "world"), ("stage 2", "bwarea")):
+        metrics = read_training_info(exports[key])["val_metrics"]
+        result.update({f"{stage} {name[4:]}": metrics[name] for name in wanted if name in metrics})
+    return result
 
 
 @dataclass
@@ -217,13 +277,16 @@ class PolicyEvaluation:
 
 def evaluate_policy(export: Path, env: str, seeds: Iterable[int], env_options: dict[str, Any] | None = None,
                     rollout: RolloutConfig | None = None, greedy: bool = True, batch_size: int = 16,
-                    generator_seed: int = 0, progress: bool = False) -> tuple[PolicyEvaluation, list[Episode]]:
-    """Play one episode per seed with the model as the policy (greedy actions by default)."""
-    model = bwarea.load_pretrained(export).eval()
+                    generator_seed: int = 0, progress: bool = False,
+                    device: str | None = None) -> tuple[PolicyEvaluation, list[Episode]]:
+    """Play one episode per seed with the model as the policy (greedy actions by default), on `device`
+    (default: the GPU when there is one)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = bwarea.load_pretrained(export, map_location=device).eval()
     engine = RolloutEngine(model, bwarea.load_tokenizer(export), rollout or RolloutConfig(max_turns=8, max_new_tokens=12))
     options = dict(env_options or {})
     seeds = list(seeds)
-    generator = torch.Generator().manual_seed(generator_seed)
+    generator = torch.Generator(device=device).manual_seed(generator_seed)
     episodes: list[Episode] = []
     with tqdm(total=len(seeds), desc=f"evaluating on {env}", unit="episode", disable=not progress) as bar:
         for start in range(0, len(seeds), batch_size):
@@ -235,3 +298,28 @@ def evaluate_policy(export: Path, env: str, seeds: Iterable[int], env_options: d
         raise RuntimeError(f"every evaluation episode on {env} failed; the first error: {episodes[0].error}")
     return PolicyEvaluation(env, estimate([100.0 * e.won for e in kept], "%"),
                             estimate([100.0 * e.normalised_score for e in kept], "%"), len(episodes) - len(kept)), episodes
+
+
+def random_agent_success(env: str, seeds: Iterable[int], env_options: dict[str, Any] | None = None,
+                         max_turns: int = 8, seed: int = 0) -> Estimate:
+    """Held-out success (%) of the uniformly random agent (agents.baselines.RandomAgent: uniform over the
+    admissible actions, i.e. the valid answers or commands) on the same episodes a model is evaluated on."""
+    from agents.baselines import RandomAgent, RandomAgentConfig
+
+    agent = RandomAgent(RandomAgentConfig(seed=seed))
+    wins = []
+    for episode_seed in seeds:
+        environment = envs.make(env, **dict(env_options or {}))
+        try:
+            observation, info = environment.reset(seed=int(episode_seed))
+            agent.reset(info)
+            won = False
+            for _ in range(max_turns):
+                observation, _, terminated, truncated, info = environment.step(agent.act(observation, info))
+                won = bool(info.get("won", False))
+                if terminated or truncated:
+                    break
+            wins.append(100.0 * won)
+        finally:
+            environment.close()
+    return estimate(wins, "%")

@@ -14,11 +14,12 @@ u is stored in the checkpoint with the weights and optimizer state.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import lightning as L
 import torch
@@ -26,13 +27,17 @@ from torch.utils.data import DataLoader, IterableDataset
 
 import bwarea
 import envs
-from bwarea import BWAreaModel, ScalarModel
+from bwarea import ScalarModel
+from bwarea.adaptation import prepare_tuning
+from bwarea.lora import LoraSettings, has_lora, merge_lora
 from training.objectives import OBJECTIVES, gae, get_objective, whiten
 from training.reward_model import RewardScorer
 from training.rollout import (Episode, ReferencePolicy, RolloutConfig, RolloutEngine, build_rollout_batch, summarize)
 from training.runs import RunCLI, UserError, cli_main, peak_memory_mb, read_training_info, run_cli
 
 TRAINABLE_PARTS = ("policy", "world", "inverse", "codebook")
+# model_type -> the token trunk PPO's value model copies (CoLA's policy reads the frozen LM's states)
+VALUE_TRUNKS = {"bwarea": "policy.trunk", "bwarea-cola": "lm", "bwarea-ar": "trunk"}
 GREEDY_BASELINE_OBJECTIVES = ("remax", "pm_rlhf", "conditional_pm_rlhf", "kl_rlhf")
 
 
@@ -84,6 +89,10 @@ class FinetuneModule(L.LightningModule):
         rollout: how episodes are played (horizon, tokens per turn, temperature, prompt format).
         learning_rate / weight_decay / max_grad_norm: AdamW settings and gradient clipping of the policy.
         trainable: parts to train; BWArea fine-tuning trains only "policy" (anything else is refused).
+        tuning: how the policy trains: "full" (BWArea: the whole cognitive policy; AR: every weight), "head"
+            (BWArea/CoLA: only the K-way action head, the trunk stays as pretrained) or "lora" (LoRA adapters on the
+            policy trunk plus the head for BWArea, on the trunk for AR; merged into the export).
+        lora: LoRA rank, alpha, dropout and target layers (tuning: lora).
         reward_model: optional directory of a ScalarModel export; its score of each episode's transcript
             replaces the environment reward.
         max_bad_batches: consecutive skipped updates (non-finite loss/advantages, no usable episode)
@@ -99,11 +108,12 @@ class FinetuneModule(L.LightningModule):
                  task_pool: int = 64, episodes_per_update: int = 8, updates: int = 50, objective: str = "remax",
                  objective_options: dict[str, Any] | None = None, rollout: RolloutConfig = RolloutConfig(),
                  learning_rate: float = 3e-5, weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
-                 trainable: list[str] | None = None, reward_model: str | None = None, max_bad_batches: int = 3,
+                 trainable: list[str] | None = None, tuning: Literal["full", "head", "lora"] = "full",
+                 lora: LoraSettings = LoraSettings(), reward_model: str | None = None, max_bad_batches: int = 3,
                  micro_batch_size: int | None = None, ppo_epochs: int = 4, ppo_minibatches: int = 2,
                  value_learning_rate: float = 1e-4, gae_gamma: float = 1.0, gae_lambda: float = 0.95, seed: int = 0):
         super().__init__()
-        self.save_hyperparameters({**locals_without_self(locals()), "rollout": asdict(rollout)})
+        self.save_hyperparameters({**locals_without_self(locals()), "rollout": asdict(rollout), "lora": asdict(lora)})
         self.automatic_optimization = False
         for name, value in (("task_pool", task_pool), ("episodes_per_update", episodes_per_update), ("updates", updates),
                             ("micro_batch_size", 1 if micro_batch_size is None else micro_batch_size)):
@@ -122,18 +132,25 @@ class FinetuneModule(L.LightningModule):
             self.make_env(name).close()
 
         self.base_info = read_training_info(pretrained, purpose="model.pretrained of `bwarea finetune`")
-        if self.base_info["stage"] not in STARTING_STAGES:
+        # a converted LM (the AR baseline's start) and the released BWArea come with a trained policy
+        trained_conversion = self.base_info["stage"] == "converted" and self.base_info.get("variant") in ("ar", "released")
+        if self.base_info["stage"] not in STARTING_STAGES and not trained_conversion:
             raise FinetuneError(
                 f"model.pretrained {pretrained} is the export of stage {self.base_info['stage']!r}; fine-tuning starts from a "
-                "stage-2 BWArea export (bwarea pretrain with training.pretrain.PolicyStage), an AR baseline export or an "
-                "earlier fine-tune — a stage-1 export's cognitive policy is untrained.")
+                "stage-2 BWArea export (bwarea pretrain with training.pretrain.PolicyStage), an AR baseline export, a "
+                "language model converted with `bwarea convert hf --variant ar`, the converted BWArea release, or an earlier "
+                "fine-tune — the cognitive policy of a stage-1 or freshly converted BWArea is untrained.")
         self.policy_model = bwarea.load_pretrained(pretrained)
         self.tokenizer = bwarea.load_tokenizer(pretrained)
         self._check_trainable(trainable or ["policy"])
-        self.policy_model.requires_grad_(False)
-        for parameter in self.policy_model.policy_parameters():
-            parameter.requires_grad_(True)
-        self.reference = ReferencePolicy(self.policy_model)
+        if objective == "ppo" and tuning == "lora":
+            raise FinetuneError("model.tuning lora is not supported with PPO (its value model copies the policy trunk); "
+                                "use tuning: full or head, or another objective.")
+        try:
+            self.trainable = prepare_tuning(self.policy_model, "policy", tuning, lora)
+        except ValueError as error:
+            raise FinetuneError(f"model.tuning: {error}") from None
+        self.reference = ReferencePolicy(self.policy_model, self.trainable)
         self.value_model = ScalarModel.from_trunk(self._policy_trunk(), self.policy_model.config) if objective == "ppo" else None
         scorer = None
         if reward_model is not None:
@@ -161,8 +178,8 @@ class FinetuneModule(L.LightningModule):
                                 "cognitive policy (world model, inverse dynamics and codebook stay frozen); use trainable: [policy].")
 
     def _policy_trunk(self):
-        model = self.policy_model
-        return model.policy.trunk if isinstance(model, BWAreaModel) else model.trunk
+        """The trunk PPO's value model starts from: what the policy reads the text with."""
+        return self.policy_model.get_submodule(VALUE_TRUNKS[self.policy_model.config.model_type])
 
     def make_env(self, name: str):
         """A training environment: TextWorld games and BIG-Bench Hard items from their training split,
@@ -183,7 +200,7 @@ class FinetuneModule(L.LightningModule):
         return [episodes[p] for p in range(len(tasks))]
 
     def configure_optimizers(self):
-        groups = [{"params": self.policy_model.policy_parameters(), "lr": self.hparams.learning_rate}]
+        groups = [{"params": self.trainable, "lr": self.hparams.learning_rate}]
         if self.value_model is not None:
             groups.append({"params": list(self.value_model.parameters()), "lr": self.hparams.value_learning_rate})
         return torch.optim.AdamW(groups, weight_decay=self.hparams.weight_decay)
@@ -214,7 +231,7 @@ class FinetuneModule(L.LightningModule):
         started = time.perf_counter()
         tokens_before = self.engine.generated_tokens
         tasks = task_seeds(update, hp.episodes_per_update, hp.task_pool * len(self.env_names), hp.seed)
-        generator = torch.Generator().manual_seed(hp.seed * 1_000_003 + update)
+        generator = torch.Generator(device=self.device).manual_seed(hp.seed * 1_000_003 + update)
         sampled = self.play(tasks, greedy=False, generator=generator)
         greedy = None
         if hp.objective in GREEDY_BASELINE_OBJECTIVES and self.objective_options.get("baseline", "greedy") == "greedy":
@@ -298,7 +315,7 @@ class FinetuneModule(L.LightningModule):
             return {}
         loss, metrics = self.objective(batch, **self.objective_options)
         backward = self._micro_batch_backward(loss, episodes, log_probs, entropy, micro) if in_micro_batches else None
-        self._optimizer_step(loss, self.policy_model.policy_parameters(), backward)
+        self._optimizer_step(loss, self.trainable, backward)
         return {**metrics, "loss": float(loss.detach())}
 
     def _micro_batch_backward(self, loss: torch.Tensor, episodes: list[Episode], log_probs: torch.Tensor,
@@ -332,7 +349,7 @@ class FinetuneModule(L.LightningModule):
             return {}
         metrics: dict[str, float] = {}
         order = torch.randperm(len(episodes), generator=torch.Generator().manual_seed(hp.seed + self.completed_updates))
-        parameters = [*self.policy_model.policy_parameters(), *self.value_model.parameters()]
+        parameters = [*self.trainable, *self.value_model.parameters()]
         for _ in range(hp.ppo_epochs):
             for rows in order.chunk(max(1, min(hp.ppo_minibatches, len(episodes)))):
                 chosen = [episodes[i] for i in rows.tolist()]
@@ -349,9 +366,13 @@ class FinetuneModule(L.LightningModule):
 
     # --- export (training.runs.ExportOnTrainEnd) --------------------------------------------
     def export_pretrained(self, directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
-        """save_pretrained of the fine-tuned model (frozen parts included) with its tokenizer. Fine-tuning runs
-        in one process, so the module's own weights are the state to export."""
-        self.policy_model.save_pretrained(directory, tokenizer=self.tokenizer)
+        """save_pretrained of the fine-tuned model (frozen parts included, LoRA adapters merged into a copy) with its
+        tokenizer. Fine-tuning runs in one process, so the module's own weights are the state to export."""
+        model = self.policy_model
+        if has_lora(model):
+            model = copy.deepcopy(model)
+            merge_lora(model)
+        model.save_pretrained(directory, tokenizer=self.tokenizer)
 
     def training_info(self) -> dict[str, Any]:
         hp = self.hparams
@@ -360,7 +381,7 @@ class FinetuneModule(L.LightningModule):
                 "objective_options": self.objective_options, "updates": self.completed_updates,
                 "episodes_per_update": hp.episodes_per_update, "task_pool": hp.task_pool,
                 "skipped_batches": self.skipped_batches, "dropped_episodes": self.dropped_episodes,
-                "trained_parameters": sum(p.numel() for p in self.policy_model.policy_parameters())}
+                "tuning": hp.tuning, "trained_parameters": sum(p.numel() for p in self.trainable)}
 
 
 def locals_without_self(values: dict[str, Any]) -> dict[str, Any]:

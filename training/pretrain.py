@@ -17,6 +17,8 @@ stage (and RL fine-tuning) loads by path. From Python: `run(args) -> run directo
 from __future__ import annotations
 
 import functools
+import itertools
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +30,12 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import FSDPStrategy
 
-from bwarea import ARConfig, ARLanguageModel, BWAreaConfig, BWAreaModel, CheckpointError, load_pretrained
-from bwarea.cross_entropy import linear_cross_entropy
-from bwarea.generation import choose
+from bwarea import ARConfig, ARLanguageModel, BWAreaConfig, BWAreaModel, CheckpointError, has_latent_actions, load_pretrained
+from bwarea.adaptation import Variant, is_saved_model, prepare_tuning, start_model
+from bwarea.codebook import usage_from_counts
+from bwarea.diagnostics import ActionInformation, action_information, flops_per_token
+from bwarea.lora import LoraSettings, has_lora, merge_lora
+from bwarea.pretrained_lm import init_codebook_kmeans
 from training.data import PretrainData, tokenizer_fingerprint
 from training.runs import RunCLI, UserError, cli_main, read_training_info, run_cli
 
@@ -75,12 +80,6 @@ def lr_multiplier(step: int, settings: OptimizerSettings, max_steps: int) -> flo
     return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def forward_flops_per_token(network: nn.Module, layers: int, hidden: int, seq_len: int) -> float:
-    """Forward FLOPs per token of a transformer: 2 x matmul weights + attention scores and mixing (4 L H T)."""
-    matmul = sum(module.weight.numel() for module in network.modules() if isinstance(module, nn.Linear))
-    return 2.0 * matmul + 4.0 * layers * hidden * seq_len
-
-
 def bwarea_config(preset: str, architecture: dict[str, Any] | None, tokenizer: Any) -> BWAreaConfig:
     """The preset with `architecture` overrides; vocabulary size and special tokens come from the tokenizer."""
     overrides = dict(architecture or {})
@@ -98,6 +97,49 @@ def bwarea_config(preset: str, architecture: dict[str, Any] | None, tokenizer: A
         return BWAreaConfig.preset(preset, **overrides)
     except ValueError as error:
         raise PretrainError(f"model.preset {preset!r} with architecture {architecture}: {error}") from None
+
+
+def pretrained_start(source: str, variant: Variant, architecture: dict[str, Any] | None, tokenizer: Any):
+    """The model a stage starts from when it adapts a pretrained LM (bwarea.adaptation.start_model), checked
+    against the data's tokenizer; `architecture` holds the variant's options (e.g. num_actions, code_dim)."""
+    options = dict(architecture or {})
+    max_positions = options.pop("max_position_embeddings", None)
+    try:
+        model = start_model(source, variant, max_position_embeddings=max_positions, **options)
+    except CheckpointError:
+        raise  # already names the source and what is wrong with it
+    except (ValueError, TypeError) as error:
+        raise PretrainError(f"model.init_from {source} with model.architecture {architecture}: {error}") from None
+    if len(tokenizer) > model.config.vocab_size:
+        raise PretrainError(f"the data's tokenizer has {len(tokenizer)} tokens but model.init_from {source} has a vocabulary "
+                            f"of {model.config.vocab_size}; drop data.tokenizer so the model's own tokenizer is used.")
+    return model
+
+
+INFORMATION_TOTALS = ("info_conditional_nll", "info_marginal_nll", "info_tokens")
+
+
+def add_information(totals: "_Totals", information: ActionInformation) -> None:
+    for name, value in zip(INFORMATION_TOTALS, (information.conditional_nll_sum, information.marginal_nll_sum,
+                                               information.tokens)):
+        totals.add(name, value)
+
+
+def information_metrics(totals: dict[str, torch.Tensor]) -> dict[str, float]:
+    """How much of the next token the action carries (bwarea.diagnostics.action_information), in nats per
+    token: H(x_{t+1} | x_{<=t}) (marginal over the actions, an upper bound) and H(x_{t+1} | x_{<=t}, a_t)."""
+    information = ActionInformation(*(float(totals[name]) for name in INFORMATION_TOTALS))
+    if not information.tokens:
+        return {}
+    return {"val/next_token_entropy": information.marginal_nll, "val/next_token_entropy_given_action": information.conditional_nll,
+            "val/action_information": information.information}
+
+
+def code_metrics(counts: torch.Tensor) -> dict[str, float]:
+    """Alive codes, the largest code's share and the usage entropy of a validation pass's action histogram."""
+    usage = usage_from_counts(counts)
+    return {"val/alive_codes": usage.alive_codes, "val/largest_code_share": usage.largest_share,
+            "val/code_entropy": usage.entropy, "val/code_perplexity": usage.perplexity}
 
 
 class _Totals:
@@ -121,12 +163,15 @@ class PretrainingModule(LightningModule):
 
     stage: ClassVar[str] = ""
 
-    def __init__(self, optimizer: OptimizerSettings = OptimizerSettings()):
+    def __init__(self, optimizer: OptimizerSettings = OptimizerSettings(), tuning: str = "full",
+                 lora: LoraSettings = LoraSettings()):
         super().__init__()
         self.optimizer_settings = optimizer
+        self.tuning, self.lora = tuning, lora
         self.model: BWAreaModel | ARLanguageModel | None = None
         self.last_loss: torch.Tensor | None = None
         self._totals: _Totals | None = None
+        self._trainable: list[nn.Parameter] = []
 
     # --- construction ----------------------------------------------------------------------
     @property
@@ -140,6 +185,10 @@ class PretrainingModule(LightningModule):
         if self.model is not None:
             return
         self.model = self.build_model()
+        try:
+            self._trainable = prepare_tuning(self.model, self.tuning_stage, self.tuning, self.lora)
+        except ValueError as error:
+            raise PretrainError(f"model.tuning: {error}") from None
         limit = self.model.config.max_position_embeddings
         if self.data.block_size > limit:
             raise PretrainError(f"data.block_size={self.data.block_size} exceeds the model's max_position_embeddings={limit}; "
@@ -148,8 +197,14 @@ class PretrainingModule(LightningModule):
     def build_model(self) -> BWAreaModel | ARLanguageModel:
         raise NotImplementedError
 
+    @property
+    def tuning_stage(self) -> str:
+        """Which part of the model this stage trains, in bwarea.adaptation's terms ("world" or "policy")."""
+        return "policy" if self.stage in ("policy", "ar") else "world"
+
     def trainable_parameters(self) -> list[nn.Parameter]:
-        raise NotImplementedError
+        """What `tuning` made trainable (bwarea.adaptation.prepare_tuning)."""
+        return self._trainable
 
     def configure_optimizers(self) -> dict[str, Any]:
         settings = self.optimizer_settings
@@ -214,7 +269,10 @@ class PretrainingModule(LightningModule):
         weights = {name[len("model."):]: tensor for name, tensor in state_dict.items() if name.startswith("model.")}
         with torch.device("meta"):
             model = type(self.model)(self.model.config)
+            if has_lora(self.model):  # the same adapters, so the state fits; merged before saving
+                prepare_tuning(model, self.tuning_stage, self.tuning, self.lora)
         model.load_state_dict(weights, assign=True)
+        merge_lora(model)
         model.save_pretrained(directory, tokenizer=self.data.tokenizer)
 
     def training_info(self) -> dict[str, Any]:
@@ -226,7 +284,8 @@ class PretrainingModule(LightningModule):
             "global_batch_size": self.tokens_per_step() // data.block_size, "corpus": str(data.spec.corpus),
             "val_corpus": data.spec.val_corpus, "dirty_ratio": data.spec.dirty.ratio, "data_fingerprint": data.fingerprint,
             "tokenizer_fingerprint": tokenizer_fingerprint(data.tokenizer), "vocabulary": len(data.tokenizer),
-            "parameters": self.model.num_parameters(),
+            "parameters": self.model.num_parameters(), "tuning": self.tuning,
+            "trained_parameters": sum(p.numel() for p in self._trainable),
             "val_metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")},
         }
 
@@ -241,42 +300,100 @@ class WorldModelStage(PretrainingModule):
     (cross-entropy + codebook + commitment terms); the policy is untouched. Dead codes are restarted
     from recent inverse-dynamics features every `restart_dead_codes_every` steps.
 
+    From scratch (a preset) or from a pretrained language model (`init_from`, bwarea.adaptation): then the world
+    model starts as that LM exactly, the data use its tokenizer, and the codebook is initialised by k-means on
+    inverse-dynamics features of the first training batches.
+
     Args:
         preset: BWArea size preset (bwarea.BWAreaConfig.preset): tiny (~4M parameters), small (~23M) or 1b (2.7B).
+            Ignored with init_from.
         architecture: Overrides of bwarea.BWAreaConfig fields, e.g. {hidden_size: 64, world_layers: 2}. The
-            tokenizer sets vocab_size (a larger value pads the embeddings), eos_token_id and pad_token_id.
+            tokenizer sets vocab_size (a larger value pads the embeddings), eos_token_id and pad_token_id. With
+            init_from only the action fields apply (num_actions, code_dim, codebook_update, ...; for CoLA its own
+            fields), plus max_position_embeddings to cap the context the model is built for.
         optimizer: AdamW settings.
         restart_dead_codes_every: Every this many optimizer steps, move codes whose usage fell below the model's
             dead_code_threshold onto inverse-dynamics features of the current batch (all processes'); 0 disables.
+        init_from: A pretrained Hugging Face causal LM (model directory or .gguf file; Llama, Qwen2 or Mistral
+            family) or a model directory written by `bwarea convert hf`. Unset: train from scratch.
+        variant: With init_from: "bwarea" (three networks initialised from the LM) or "cola" (a frozen LM with
+            small action networks on its last hidden state).
+        tuning: What trains: "full" (world model, inverse dynamics, codebook), "actions" (injection, inverse
+            dynamics and codebook; the world model's trunk and head frozen) or "lora" (LoRA adapters on the world and
+            inverse trunks, merged into the export, plus injection, code projection and codebook). CoLA: "full".
+        lora: LoRA rank, alpha, dropout and target layers (tuning: lora).
+        codebook_init: With init_from: "kmeans" initialises the codebook from inverse-dynamics features of the
+            first codebook_init_batches training batches (unless the source's codebook already was); "keep" keeps it.
+        codebook_init_batches: Training batches whose features the k-means initialisation clusters.
+        diagnostic_batches: Validation batches on which the action's information about the next token is
+            estimated (about 2K world-model forward passes per batch: bwarea.diagnostics); 0 disables.
     """
 
     stage = "world"
 
     def __init__(self, preset: Literal["tiny", "small", "1b"] = "tiny", architecture: dict[str, Any] | None = None,
-                 optimizer: OptimizerSettings = OptimizerSettings(), restart_dead_codes_every: int = 100):
-        super().__init__(optimizer)
+                 optimizer: OptimizerSettings = OptimizerSettings(), restart_dead_codes_every: int = 100,
+                 init_from: str | None = None, variant: Literal["bwarea", "cola"] = "bwarea",
+                 tuning: Literal["full", "actions", "lora"] = "full", lora: LoraSettings = LoraSettings(),
+                 codebook_init: Literal["kmeans", "keep"] = "kmeans", codebook_init_batches: int = 4,
+                 diagnostic_batches: int = 2):
+        super().__init__(optimizer, tuning, lora)
         self.preset, self.architecture = preset, architecture
         self.restart_dead_codes_every = restart_dead_codes_every
+        self.init_from, self.variant = init_from, variant
+        self.codebook_init, self.codebook_init_batches = codebook_init, codebook_init_batches
+        for name, value, minimum in (("codebook_init_batches", codebook_init_batches, 1),
+                                     ("diagnostic_batches", diagnostic_batches, 0)):
+            if value < minimum:
+                raise PretrainError(f"model.{name} must be at least {minimum}, got {value}.")
+        self.diagnostic_batches = diagnostic_batches
 
     def build_model(self) -> BWAreaModel:
-        config = bwarea_config(self.preset, self.architecture, self.data.tokenizer)
-        if self.restart_dead_codes_every and config.codebook_update == "loss" and isinstance(self.trainer.strategy, FSDPStrategy):
+        if self.init_from is not None:
+            model = pretrained_start(self.init_from, self.variant, self.architecture, self.data.tokenizer)
+        else:
+            model = BWAreaModel(bwarea_config(self.preset, self.architecture, self.data.tokenizer))
+        codebook_update = getattr(model.config, "codebook_update", None)
+        if self.restart_dead_codes_every and codebook_update == "loss" and isinstance(self.trainer.strategy, FSDPStrategy):
             # FSDP shards parameters and discards in-place edits of the gathered copy; buffers stay whole on every rank
             raise PretrainError("dead-code restarts under FSDP need the codebook as a buffer: set "
                                 "model.init_args.architecture.codebook_update: ema (as the 1b presets do), or "
                                 "model.init_args.restart_dead_codes_every: 0.")
-        model = BWAreaModel(config)
-        model.policy.requires_grad_(False)  # trained in stage 2
         return model
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return self.model.stage1_parameters()
+    def on_fit_start(self) -> None:
+        if self.needs_codebook_init():
+            self.initialise_codebook()
+
+    def needs_codebook_init(self) -> bool:
+        """k-means only when a fresh run starts from a pretrained LM whose codebook is still random (never over a
+        trained, released or already clustered codebook)."""
+        if self.init_from is None or self.codebook_init != "kmeans" or not isinstance(self.model, BWAreaModel):
+            return False
+        if getattr(self.trainer, "ckpt_path", None):
+            return False  # resuming: the checkpoint holds the trained codebook
+        if is_saved_model(self.init_from):  # only a `bwarea convert hf` output without --corpus has a random codebook
+            info_file = Path(self.init_from).expanduser() / "training_info.json"
+            info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+            return info.get("codebook_init") == "random"
+        return True
+
+    def initialise_codebook(self) -> None:
+        """k-means over inverse-dynamics features of the first training batches; the first process's result
+        is broadcast so every replica starts from the same codebook."""
+        batches = itertools.islice(iter(self.data.train_dataloader()), self.codebook_init_batches)
+        stats = init_codebook_kmeans(self.model, (batch.to(self.device) for batch in batches),
+                                     generator=torch.Generator().manual_seed(0))
+        codebook = self.model.codebook
+        for state in (codebook.codebook, *((codebook.ema_counts, codebook.ema_sums) if codebook.update == "ema" else ())):
+            state.data.copy_(self.trainer.strategy.broadcast(state.data, src=0))
+        if self.trainer.is_global_zero:
+            print(f"codebook initialised by k-means on {self.codebook_init_batches} training batches: "
+                  f"{stats['alive_codes']:.0f} of {codebook.num_codes} codes used, largest share {stats['largest_cluster_share']:.3f}",
+                  flush=True)
 
     def flops_per_token(self) -> float:
-        config, length = self.model.config, self.data.block_size
-        return 3 * (forward_flops_per_token(self.model.world, config.world_layers, config.hidden_size, length)
-                    + forward_flops_per_token(self.model.inverse, config.inverse_layers, config.hidden_size, length)
-                    + forward_flops_per_token(self.model.codebook, 0, 0, 0))
+        return flops_per_token(self.model, self.data.block_size)["train_stage1"]
 
     def restart_dead_codes(self, batch: torch.Tensor) -> int:
         """Restart dead codes from this step's inverse-dynamics features of every process, in rank order (the
@@ -289,7 +406,7 @@ class WorldModelStage(PretrainingModule):
         return self.model.codebook.restart_dead_codes(features.reshape(-1, features.shape[-1]), generator=generator)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        every = self.restart_dead_codes_every
+        every = self.restart_dead_codes_every if isinstance(self.model, BWAreaModel) else 0  # CoLA has no VQ codebook
         first_micro_batch = batch_idx % self.trainer.accumulate_grad_batches == 0
         if every and self.global_step and self.global_step % every == 0 and first_micro_batch:
             # before this step's forward, so a checkpoint taken after step k-1 resumes into the same restart
@@ -305,21 +422,24 @@ class WorldModelStage(PretrainingModule):
         return out.loss
 
     def validation_totals(self) -> dict[str, int]:
-        return {"nll": 1, "tokens": 1, "codes": self.model.config.num_actions}
+        return {"nll": 1, "tokens": 1, "codes": self.model.config.num_actions, **dict.fromkeys(INFORMATION_TOTALS, 1)}
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         out = self.model.stage1(batch)
         tokens = out.target_mask.sum()
+        codes = torch.bincount(out.actions[out.target_mask], minlength=self.model.config.num_actions)
         self._totals.add("nll", out.lm_loss.float() * tokens)
         self._totals.add("tokens", tokens)
-        self._totals.add("codes", torch.bincount(out.actions[out.target_mask], minlength=self.model.config.num_actions))
+        self._totals.add("codes", codes)
+        if batch_idx < self.diagnostic_batches:
+            # no trained policy yet: the marginal mixes the actions by their frequency in this batch
+            prior = codes.float() / codes.sum().clamp(min=1)
+            add_information(self._totals, action_information(self.model, batch, prior=prior))
 
     def validation_metrics(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
         loss = totals["nll"] / totals["tokens"]
-        probs = totals["codes"] / totals["codes"].sum().clamp(min=1)
-        entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
-        return {"val/loss": loss, "val/perplexity": loss.exp(), "val/alive_codes": (probs > 0).sum(),
-                "val/code_entropy": entropy, "val/code_perplexity": entropy.exp()}
+        return {"val/loss": loss, "val/perplexity": loss.exp(), **code_metrics(totals["codes"]),
+                **information_metrics(totals)}
 
 
 def stage1_export_info(path: str) -> dict[str, Any]:
@@ -336,9 +456,11 @@ def stage1_export_info(path: str) -> dict[str, Any]:
 class PolicyStage(PretrainingModule):
     """Stage 2: the cognitive policy learns to predict the frozen inverse dynamics' action for every position
     (behaviour cloning, cross-entropy over K actions); world model, inverse dynamics and codebook stay frozen.
-    Validation reports BC accuracy (top-1/top-5), the "simulated LLM" perplexity (the world model driven by
-    the policy's greedy or sampled actions), the world model's perplexity under the ID's actions (the
-    upper bound), and the unigram perplexity (the floor).
+    Validation reports BC accuracy (top-1/top-5); the "simulated LLM" perplexity, scored as generation scores
+    text (two streams: history actions from the inverse dynamics, the current step's action from the policy,
+    greedy or sampled) and, under its own name, with the policy's actions at every position (all-policy); the
+    world model's perplexity under the ID's actions (the upper bound); the unigram perplexity (the floor);
+    and how much of the next token the action carries (nats, on the first `diagnostic_batches` batches).
 
     Args:
         stage1: Export directory of a stage-1 run (runs/<name>/export). Its tokenizer is used unless
@@ -346,18 +468,26 @@ class PolicyStage(PretrainingModule):
         optimizer: AdamW settings.
         sample_temperature: Temperature of the policy's sampled actions for the sampled simulated-LLM perplexity.
         seed: Seed of the sampled actions in validation.
+        tuning: What trains: "full" (the whole policy), "head" (its K-way head; the trunk stays the pretrained
+            LM's) or "lora" (LoRA adapters on the policy trunk, merged into the export, plus the head).
+        lora: LoRA rank, alpha, dropout and target layers (tuning: lora).
+        diagnostic_batches: Validation batches on which the action's information about the next token is
+            estimated (about 2K world-model forward passes per batch: bwarea.diagnostics); 0 disables.
     """
 
     stage = "policy"
 
     def __init__(self, stage1: str, optimizer: OptimizerSettings = OptimizerSettings(), sample_temperature: float = 1.0,
-                 seed: int = 0):
-        super().__init__(optimizer)
+                 seed: int = 0, tuning: Literal["full", "head", "lora"] = "full", lora: LoraSettings = LoraSettings(),
+                 diagnostic_batches: int = 2):
+        super().__init__(optimizer, tuning, lora)
         self.stage1 = str(Path(stage1).expanduser())
         self.stage1_info = stage1_export_info(self.stage1)
         if sample_temperature <= 0:
             raise PretrainError(f"model.sample_temperature must be positive, got {sample_temperature}.")
-        self.sample_temperature, self.seed = sample_temperature, seed
+        if diagnostic_batches < 0:
+            raise PretrainError(f"model.diagnostic_batches must be at least 0, got {diagnostic_batches}.")
+        self.sample_temperature, self.seed, self.diagnostic_batches = sample_temperature, seed, diagnostic_batches
         self._unigram: float | None = None
 
     def build_model(self) -> BWAreaModel:
@@ -369,10 +499,8 @@ class PolicyStage(PretrainingModule):
                 "to use the stage-1 tokenizer."
             )
         model = load_pretrained(self.stage1)
-        if not isinstance(model, BWAreaModel):
-            raise PretrainError(f"model.stage1 {self.stage1} holds a {type(model).__name__}, not a BWArea model.")
-        model.requires_grad_(False)
-        model.policy.requires_grad_(True)
+        if not has_latent_actions(model):
+            raise PretrainError(f"model.stage1 {self.stage1} holds a {type(model).__name__}, not a latent-action model.")
         return model
 
     def train(self, mode: bool = True) -> "PolicyStage":
@@ -382,13 +510,8 @@ class PolicyStage(PretrainingModule):
                 frozen.eval()
         return self
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return self.model.policy_parameters()
-
     def flops_per_token(self) -> float:
-        config, length = self.model.config, self.data.block_size
-        return (3 * forward_flops_per_token(self.model.policy, config.policy_layers, config.hidden_size, length)
-                + forward_flops_per_token(self.model.inverse, config.inverse_layers, config.hidden_size, length))
+        return flops_per_token(self.model, self.data.block_size)["train_stage2"]
 
     def behaviour_cloning(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(policy logits (B, T-1, K), inverse-dynamics labels (B, T-1), mean cross-entropy)."""
@@ -410,28 +533,36 @@ class PolicyStage(PretrainingModule):
                                 "train/bc_top5": self.hits(logits.detach(), labels, 5) / count})
         return loss
 
-    def simulated_nll(self, batch: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-        """Mean next-token cross-entropy of the world model driven by the policy's own actions."""
-        actions = choose(self.model.policy_logits(batch), temperature, generator=generator)
-        hidden = self.model.world.hidden_states(batch, self.model.codebook.embed(actions))
-        return linear_cross_entropy(hidden[:, :-1], self.model.world.lm_head.weight, batch[:, 1:])
+    def simulated_nll(self, batch: torch.Tensor, temperature: float, generator: torch.Generator | None,
+                      two_stream: bool) -> torch.Tensor:
+        """Mean next-token cross-entropy of the world model driven by the policy: at the current step only
+        (two streams, as generation scores) or at every position (all-policy)."""
+        simulate = self.model.two_stream_simulated_logits if two_stream else self.model.simulated_logits
+        logits, _ = simulate(batch, temperature=temperature, generator=generator)
+        return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch[:, 1:].flatten())
 
     def validation_totals(self) -> dict[str, int]:
-        return {name: 1 for name in ("bc_nll", "top1", "top5", "greedy_nll", "sampled_nll", "id_nll", "tokens")}
+        names = ("bc_nll", "top1", "top5", "greedy_nll", "sampled_nll", "all_policy_greedy_nll", "all_policy_sampled_nll",
+                 "id_nll", "tokens", *INFORMATION_TOTALS)
+        return {**{name: 1 for name in names}, "codes": self.model.config.num_actions}
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         logits, labels, loss = self.behaviour_cloning(batch)
         tokens = labels.numel()
-        generator = torch.Generator(device=self.device).manual_seed(
-            self.seed * 1_000_003 + batch_idx * self.trainer.world_size + self.global_rank)
         totals = self._totals
         totals.add("bc_nll", loss * tokens)
         totals.add("top1", self.hits(logits, labels, 1))
         totals.add("top5", self.hits(logits, labels, 5))
-        totals.add("greedy_nll", self.simulated_nll(batch, 0.0, None) * tokens)
-        totals.add("sampled_nll", self.simulated_nll(batch, self.sample_temperature, generator) * tokens)
+        totals.add("codes", torch.bincount(labels.flatten(), minlength=self.model.config.num_actions))
+        for prefix, two_stream in (("", True), ("all_policy_", False)):
+            generator = torch.Generator(device=self.device).manual_seed(
+                self.seed * 1_000_003 + batch_idx * self.trainer.world_size + self.global_rank)
+            totals.add(f"{prefix}greedy_nll", self.simulated_nll(batch, 0.0, None, two_stream) * tokens)
+            totals.add(f"{prefix}sampled_nll", self.simulated_nll(batch, self.sample_temperature, generator, two_stream) * tokens)
         totals.add("id_nll", self.model.stage1(batch).lm_loss * tokens)
         totals.add("tokens", tokens)
+        if batch_idx < self.diagnostic_batches:
+            add_information(totals, action_information(self.model, batch))
 
     def validation_metrics(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
         if self._unigram is None:
@@ -441,7 +572,10 @@ class PolicyStage(PretrainingModule):
                 "val/bc_top5": totals["top5"] / tokens,
                 "val/sim_greedy_perplexity": (totals["greedy_nll"] / tokens).exp(),
                 "val/sim_sampled_perplexity": (totals["sampled_nll"] / tokens).exp(),
-                "val/id_perplexity": (totals["id_nll"] / tokens).exp(), "val/unigram_perplexity": self._unigram}
+                "val/sim_all_policy_greedy_perplexity": (totals["all_policy_greedy_nll"] / tokens).exp(),
+                "val/sim_all_policy_sampled_perplexity": (totals["all_policy_sampled_nll"] / tokens).exp(),
+                "val/id_perplexity": (totals["id_nll"] / tokens).exp(), "val/unigram_perplexity": self._unigram,
+                **code_metrics(totals["codes"]), **information_metrics(totals)}
 
     def training_info(self) -> dict[str, Any]:
         return {**super().training_info(), "stage1": self.stage1}
@@ -450,30 +584,35 @@ class PolicyStage(PretrainingModule):
 class ARBaseline(PretrainingModule):
     """The autoregressive baseline: a Llama-style language model of the stage-1 world model's shape (same
     width, depth, vocabulary and context; bwarea.ARConfig.matching), trained on the same blocks with the
-    same optimizer settings — give it the same data and trainer settings as the stage-1 run.
+    same optimizer settings — give it the same data and trainer settings as the stage-1 run. When BWArea
+    adapts a pretrained LM (init_from), the baseline is that same LM fine-tuned on the same data and budget.
 
     Args:
-        preset: BWArea size preset whose world model the baseline matches: tiny, small or 1b.
-        architecture: The same bwarea.BWAreaConfig overrides as the stage-1 run being compared with.
+        preset: BWArea size preset whose world model the baseline matches: tiny, small or 1b. Ignored with init_from.
+        architecture: The same bwarea.BWAreaConfig overrides as the stage-1 run being compared with (with
+            init_from: only max_position_embeddings applies).
         optimizer: AdamW settings.
+        init_from: The pretrained Hugging Face causal LM (directory or .gguf) the compared BWArea started from,
+            or a directory written by `bwarea convert hf --variant ar`. Unset: train from scratch.
+        tuning: "full" (every weight) or "lora" (LoRA adapters on the trunk, merged into the export).
+        lora: LoRA rank, alpha, dropout and target layers (tuning: lora).
     """
 
     stage = "ar"
 
     def __init__(self, preset: Literal["tiny", "small", "1b"] = "tiny", architecture: dict[str, Any] | None = None,
-                 optimizer: OptimizerSettings = OptimizerSettings()):
-        super().__init__(optimizer)
-        self.preset, self.architecture = preset, architecture
+                 optimizer: OptimizerSettings = OptimizerSettings(), init_from: str | None = None,
+                 tuning: Literal["full", "lora"] = "full", lora: LoraSettings = LoraSettings()):
+        super().__init__(optimizer, tuning, lora)
+        self.preset, self.architecture, self.init_from = preset, architecture, init_from
 
     def build_model(self) -> ARLanguageModel:
+        if self.init_from is not None:
+            return pretrained_start(self.init_from, "ar", self.architecture, self.data.tokenizer)
         return ARLanguageModel(ARConfig.matching(bwarea_config(self.preset, self.architecture, self.data.tokenizer)))
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.model.parameters())
-
     def flops_per_token(self) -> float:
-        config = self.model.config
-        return 3 * forward_flops_per_token(self.model, config.num_layers, config.hidden_size, self.data.block_size)
+        return flops_per_token(self.model, self.data.block_size)["train"]
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = self.model.loss(batch)
@@ -531,6 +670,9 @@ class PretrainCLI(RunCLI):
             stage1_export_info(model.init_args.stage1)  # fail here with the plain message, before any work
             if data.tokenizer is None:
                 data.tokenizer = model.init_args.stage1  # stage 2 reads text with the stage-1 tokenizer
+        init_from = model.init_args.get("init_from")
+        if init_from is not None and data.tokenizer is None:
+            data.tokenizer = init_from  # a pretrained LM reads text with its own tokenizer
 
     def run_name_prefix(self) -> str:
         return type(self.model).stage

@@ -39,7 +39,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from bwarea import CheckpointError, load_tokenizer
 from bwarea.checkpoint import atomic_write_text
 from training.experiment import (FinetuneBudget, PolicyEvaluation, PretrainBudget, build_corpus, evaluate_policy, finetune,
-                                 jsonable, pretrain_pair)
+                                 jsonable, model_costs, pretrain_pair)
 from training.rollout import Episode, RolloutConfig
 from training.runs import UserError, read_training_info
 
@@ -118,16 +118,23 @@ def _report(config: QuickstartConfig, results: dict[str, dict[str, PolicyEvaluat
         f"({budget.steps} steps x {budget.batch_size} x {budget.block_size}); BWArea stage 2: {budget.policy_steps} steps.",
         f"RL: {config.finetune.objective}, {config.finetune.updates} updates x {config.finetune.episodes_per_update} "
         f"episodes, lr {config.finetune.learning_rate}; BWArea trains its cognitive policy only, AR all weights.", "",
-        "| model | parameters | trained by RL | success % before RL | success % after RL | score % before RL | score % after RL |",
-        "|---|---:|---:|---|---|---|---|",
+        "| model | parameters | trained by RL | success % before RL | success % after RL | score % before RL | score % after RL "
+        "| generation MFLOP/token |",
+        "|---|---:|---:|---|---|---|---|---:|",
     ]
     for key, label in MODELS.items():
         before, after = results[key]["before"], results[key]["after"]
         info = infos[key]
         lines.append(f"| {label} | {info['parameters']:,} | {info['trained_parameters']:,} | {before.success_rate.format()} | "
-                     f"{after.success_rate.format()} | {before.normalised_score.format()} | {after.normalised_score.format()} |")
+                     f"{after.success_rate.format()} | {before.normalised_score.format()} | {after.normalised_score.format()} "
+                     f"| {info['costs']['generate'] / 1e6:.3g} |")
     lines += ["", "Parameters: BWArea counts all its parts (world model, inverse dynamics, codebook, cognitive policy), of which "
-              "RL trains the policy; the AR baseline is one network shaped like the world model, all of it trained by RL.",
+              "RL trains the policy; the AR baseline is one network shaped like the world model, all of it trained by RL. "
+              f"FLOPs per token at a {budget.block_size}-token context: a BWArea token costs a policy and a world-model "
+              "forward pass; pretraining costs "
+              + ", ".join(f"{name.replace('train_', '')} {value / 1e6:.3g}" for name, value in infos["bwarea"]["costs"].items()
+                          if name.startswith("train")) + f" MFLOP/token for BWArea and {infos['ar']['costs']['train'] / 1e6:.3g} "
+              "for the AR baseline.",
               "", "Means ± standard errors over held-out games. Pretraining validation: "
               + "; ".join(f"{MODELS[key]}: " + ", ".join(f"{name} {value:.3g}" for name, value in infos[key]["validation"].items())
                           for key in MODELS) + ".", ""]
@@ -222,7 +229,8 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
         pretrained_info = read_training_info(exports[key])
         infos[key] = {"parameters": pretrained_info["parameters"],
                       "trained_parameters": read_training_info(tuned)["trained_parameters"],
-                      "validation": _validation(key, exports)}
+                      "validation": _validation(key, exports),
+                      "costs": model_costs(exports[key], config.pretrain.block_size)}
 
     _step(4, total, "Report and plots")
     plots = _plots(out, results, after_episodes["bwarea"], load_tokenizer(exports["bwarea"]))
@@ -250,9 +258,14 @@ def _validation(key: str, exports: dict[str, Path]) -> dict[str, float]:
     if key == "ar":
         return {"perplexity": read_training_info(exports["ar"])["val_metrics"]["val/perplexity"]}
     world, policy = read_training_info(exports["world"])["val_metrics"], read_training_info(exports["bwarea"])["val_metrics"]
-    return {"perplexity under ID actions": world["val/perplexity"],
-            "simulated-LLM perplexity (greedy actions)": policy["val/sim_greedy_perplexity"],
-            "policy BC top-1 accuracy": policy["val/bc_top1"]}
+    result = {"perplexity under ID actions": world["val/perplexity"],
+              "simulated-LLM perplexity (greedy actions, two streams)": policy["val/sim_greedy_perplexity"],
+              "policy BC top-1 accuracy": policy["val/bc_top1"]}
+    if "val/action_information" in policy:
+        result["next-token information carried by the action (nats)"] = policy["val/action_information"]
+    if "val/largest_code_share" in world:
+        result.update({"alive codes": world["val/alive_codes"], "largest code share": world["val/largest_code_share"]})
+    return result
 
 
 def build_parser() -> ArgumentParser:

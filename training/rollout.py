@@ -18,15 +18,12 @@ An environment that raises, or a reward function that raises, drops that episode
 
 from __future__ import annotations
 
-import copy
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
-from bwarea import BWAreaModel
-from bwarea.model import chosen_log_probs
 from envs import Transcript
 from training.objectives import RolloutBatch
 
@@ -104,18 +101,28 @@ class Episode:
 
 
 class ReferencePolicy:
-    """A frozen copy of the trainable part of a model: BWArea's cognitive policy, or the whole AR model."""
+    """The policy as it was when fine-tuning started: a snapshot of the weights that train, swapped into the
+    model only while it scores actions — so a large model's frozen parts are never copied.
 
-    def __init__(self, model: torch.nn.Module):
-        self.is_bwarea = isinstance(model, BWAreaModel)
-        self.network = copy.deepcopy(model.policy if self.is_bwarea else model).eval().requires_grad_(False)
+    `parameters` defaults to the model's policy_parameters() (BWArea's cognitive policy, the whole AR model);
+    with LoRA tuning they are the adapters, whose initial state is the pretrained model itself."""
+
+    def __init__(self, model: torch.nn.Module, parameters: Sequence[torch.nn.Parameter] | None = None):
+        self.model = model
+        self.parameters = list(model.policy_parameters() if parameters is None else parameters)
+        self.snapshot = [parameter.detach().clone() for parameter in self.parameters]
 
     @torch.no_grad()
     def action_log_probs(self, input_ids: torch.Tensor, actions: torch.Tensor,
                          attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.is_bwarea:
-            return chosen_log_probs(self.network(input_ids, attention_mask)[:, : actions.shape[1]], actions)
-        return self.network.action_log_probs(input_ids, actions, attention_mask)
+        current = [parameter.data for parameter in self.parameters]
+        try:
+            for parameter, frozen in zip(self.parameters, self.snapshot):
+                parameter.data = frozen
+            return self.model.action_log_probs(input_ids, actions, attention_mask)
+        finally:
+            for parameter, data in zip(self.parameters, current):
+                parameter.data = data
 
 
 RewardFunction = Callable[[list[str], list[str]], Sequence[float]]  # (prompts, transcripts) -> episode rewards
@@ -136,6 +143,11 @@ class RolloutEngine:
                              "max_position_embeddings or lower max_new_tokens.")
         self.generated_tokens = 0
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model is (Lightning may move it after the engine was built): every tensor is made there."""
+        return next(self.model.parameters()).device
+
     # --- prompts ----------------------------------------------------------------------------
     def _prompt_ids(self, transcript: Transcript, observation: str) -> list[int]:
         if self.config.prompt_format == "observation":
@@ -155,7 +167,7 @@ class RolloutEngine:
             if sequence:
                 ids[row, length - len(sequence):] = torch.tensor(sequence)
                 mask[row, length - len(sequence):] = 1
-        return ids, mask
+        return ids.to(self.device), mask.to(self.device)
 
     # --- episodes ---------------------------------------------------------------------------
     def run(self, make_env: Callable[[], Any], seeds: Sequence[int], greedy: bool = False,
@@ -264,12 +276,12 @@ class RolloutEngine:
         """Left-padded prompt+generation sequences, aligned actions and the mask of generated positions."""
         ids, mask = self._left_padded([t.prompt_ids + t.tokens for t in turns])
         actions = torch.zeros(len(turns), ids.shape[1] - 1, dtype=torch.long)
-        generated = torch.zeros_like(actions, dtype=torch.bool)
+        generated = torch.zeros(len(turns), ids.shape[1] - 1, dtype=torch.bool)
         for row, turn in enumerate(turns):
             count = len(turn.tokens)
             actions[row, -count:] = torch.tensor(turn.actions)
             generated[row, -count:] = True
-        return ids, mask, actions, generated
+        return ids, mask, actions.to(self.device), generated.to(self.device)
 
     def _reference_log_probs(self, episodes: list[Episode]) -> None:
         turns = [turn for episode in episodes for turn in episode.turns]
@@ -301,13 +313,13 @@ def per_episode(episodes: Sequence[Episode], *flat: torch.Tensor) -> tuple[torch
     results = []
     for values in flat:
         padded = values.new_zeros(len(episodes), width)
-        padded[_token_mask(lengths, width)] = values
+        padded[_token_mask(lengths, width, values.device)] = values
         results.append(padded)
     return tuple(results)
 
 
-def _token_mask(lengths: Sequence[int], width: int) -> torch.Tensor:
-    return torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+def _token_mask(lengths: Sequence[int], width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.arange(width, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
 
 
 def build_rollout_batch(episodes: Sequence[Episode], log_probs: torch.Tensor, entropy: torch.Tensor | None = None,
@@ -329,10 +341,12 @@ def build_rollout_batch(episodes: Sequence[Episode], log_probs: torch.Tensor, en
                 ref_log_probs[row, span] = torch.tensor(turn.ref_log_probs)
             position += len(turn.tokens)
             token_rewards[row, position - 1] += turn.reward  # a turn's reward lands on its last token
+    baselines = None if baseline_returns is None else torch.tensor(list(baseline_returns), dtype=torch.float32)
+    on_device = lambda tensor: None if tensor is None else tensor.to(log_probs.device)  # noqa: E731
     return RolloutBatch(
-        log_probs=log_probs, mask=mask, token_rewards=token_rewards, old_log_probs=old_log_probs,
-        ref_log_probs=ref_log_probs, entropy=entropy,
-        baseline_returns=None if baseline_returns is None else torch.tensor(list(baseline_returns), dtype=torch.float32),
+        log_probs=log_probs, mask=on_device(mask), token_rewards=on_device(token_rewards),
+        old_log_probs=on_device(old_log_probs), ref_log_probs=on_device(ref_log_probs), entropy=entropy,
+        baseline_returns=on_device(baselines),
     )
 
 

@@ -58,9 +58,9 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from bwarea.checkpoint import CheckpointError, atomic_write, atomic_write_text
+from bwarea.checkpoint import (TRAINING_INFO_FILE, CheckpointError, atomic_write, atomic_write_text,  # noqa: F401
+                               read_training_info, replace_directory, write_training_info)
 
-TRAINING_INFO_FILE = "training_info.json"
 
 
 class UserError(Exception):
@@ -302,46 +302,6 @@ class DivergenceGuard(Callback):
                 f"was written and {_last_checkpoint(trainer)} — resume from it with --ckpt_path last after lowering "
                 "model.optimizer.lr or setting trainer.gradient_clip_val."
             )
-
-
-def write_training_info(directory: str | os.PathLike, info: dict[str, Any]) -> None:
-    """Write training_info.json; `info` must name the "stage" that produced the export (read_training_info needs it)."""
-    if "stage" not in info:
-        raise ValueError(f"training info for {directory} must name the 'stage' that produced the export, got keys {sorted(info)}.")
-    atomic_write_text(Path(directory) / TRAINING_INFO_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
-
-
-def read_training_info(directory: str | os.PathLike, purpose: str = "this run") -> dict[str, Any]:
-    """The training_info.json of an export directory; CheckpointError naming `purpose` if it is not one."""
-    directory = Path(directory).expanduser()
-    path = directory / TRAINING_INFO_FILE
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory} does not exist; {purpose} needs the export/ directory of a finished bwarea training run.")
-    if not path.is_file():
-        raise CheckpointError(f"{directory} has no {TRAINING_INFO_FILE}, so it is not the export/ directory of a bwarea "
-                              f"training run; {purpose} needs one (runs/<name>/export).")
-    try:
-        info = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path} is not valid JSON ({error}); re-export the run.") from None
-    if not isinstance(info, dict) or "stage" not in info:
-        raise CheckpointError(f"{path} does not name the stage that produced the export; re-export the run.")
-    return info
-
-
-def replace_directory(target: Path, write: Callable[[Path], None]) -> None:
-    """Call write(staging) on an empty sibling directory, then swap it in for `target` by renames."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    retired = target.parent / f".{target.name}.old-{os.getpid()}"
-    try:
-        write(staging)
-        if target.exists():
-            os.replace(target, retired)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(retired, ignore_errors=True)
 
 
 EXPORT_PROTOCOL = ("export_pretrained", "training_info")

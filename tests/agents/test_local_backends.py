@@ -1,4 +1,5 @@
-"""In-process backends with real (tiny, untrained) models: our BWArea/AR checkpoints and a transformers Llama."""
+"""In-process backends with real (tiny, untrained) models: our BWArea/CoLA/AR checkpoints (trained-run layout and
+`bwarea convert` output) and a transformers Llama."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+import bwarea
 from agents.bwarea_backend import BWAreaBackend, BWAreaBackendConfig
 from agents.llm import CompletionRequest, Message, render_plain_chat, trim_at_stop
 from agents.transformers_backend import TransformersBackend, TransformersConfig, resolve_model
@@ -92,6 +94,71 @@ def test_ar_baseline_backend_has_no_action_metadata(tiny_ar_dir):
 
 
 @pytest.fixture(scope="module")
+def tiny_cola_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    torch.manual_seed(2)
+    lm = bwarea.ARLanguageModel(bwarea.ARConfig(
+        vocab_size=len(tiny_tokenizer), hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64, num_layers=2,
+        max_position_embeddings=128, eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id))
+    directory = tmp_path_factory.mktemp("tiny_cola")
+    bwarea.CoLAModel.from_lm(lm, num_actions=8).save_pretrained(directory, tokenizer=tiny_tokenizer)
+    return directory
+
+
+def policy_choices(model, prompt_ids: list[int], token_ids: list[int]) -> torch.Tensor:
+    """log pi(. | x_{<=t}) (N, K) at the positions that chose the N generated tokens."""
+    with torch.no_grad():
+        logits = model.policy_logits(torch.tensor([prompt_ids + token_ids]))
+    return logits[0, len(prompt_ids) - 1:-1].log_softmax(-1)
+
+
+def test_own_model_backend_runs_a_cola_model(tiny_cola_dir):
+    backend = BWAreaBackend(BWAreaBackendConfig(model=str(tiny_cola_dir)))
+    assert backend.max_context == 128
+    completions = backend.complete([CompletionRequest(prompt=p, max_tokens=5) for p in PROMPTS])
+    for prompt, completion in zip(PROMPTS, completions):
+        meta = completion.metadata
+        assert completion.ok and len(meta["actions"]) == len(meta["action_log_probs"]) == completion.tokens_out >= 1
+        assert meta["tokens"] == [backend.tokenizer.decode([t]) for t in meta["token_ids"]]
+        # greedy requests: each token's action is the policy's first choice, reported with its log-probability
+        choices = policy_choices(backend.model, backend.tokenizer(prompt)["input_ids"], meta["token_ids"])
+        assert meta["actions"] == choices.argmax(-1).tolist()
+        assert meta["action_log_probs"] == pytest.approx(choices.max(-1).values.tolist(), abs=1e-5)
+
+
+def test_own_model_backend_takes_prompt_actions(tiny_bwarea_dir, monkeypatch):
+    with pytest.raises(ValueError, match="prompt_actions must be one of"):
+        BWAreaBackend(BWAreaBackendConfig(model=str(tiny_bwarea_dir), prompt_actions="sideways"))
+    backend = BWAreaBackend(BWAreaBackendConfig(model=str(tiny_bwarea_dir), prompt_actions="policy"))
+    seen, decoder = [], backend.model.decoder
+
+    def recording_decoder(*args, prompt_actions="inverse"):
+        seen.append(prompt_actions)
+        return decoder(*args, prompt_actions=prompt_actions)
+    monkeypatch.setattr(backend.model, "decoder", recording_decoder)
+    [completion] = backend.complete([CompletionRequest(prompt=PROMPTS[0], max_tokens=4)])
+    assert seen == ["policy"] and completion.ok and len(completion.metadata["actions"]) == completion.tokens_out
+
+
+@pytest.mark.parametrize("variant", ["bwarea", "cola"])
+def test_own_model_backend_runs_a_converted_model(tiny_llama_dir, tmp_path, variant):
+    """`bwarea convert hf` output as is: a fresh conversion speaks like its LM, with the policy's actions."""
+    from training.convert import main as convert
+    assert convert(["hf", "--model", str(tiny_llama_dir), "--out", str(tmp_path), "--variant", variant,
+                    "--num_actions", "8"]) == 0
+    backend = BWAreaBackend(BWAreaBackendConfig(model=str(tmp_path)))
+    [completion] = backend.complete([CompletionRequest(prompt=PROMPTS[1], max_tokens=5)])
+    ids = backend.tokenizer(PROMPTS[1], return_tensors="pt")["input_ids"]
+    llama = LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    with torch.no_grad():
+        for _ in range(5):
+            ids = torch.cat([ids, llama(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    meta = completion.metadata
+    assert completion.ok and meta["token_ids"] == ids[0, -5:].tolist()
+    choices = policy_choices(backend.model, backend.tokenizer(PROMPTS[1])["input_ids"], meta["token_ids"])
+    assert meta["actions"] == choices.argmax(-1).tolist() and all(0 <= a < 8 for a in meta["actions"])
+
+
+@pytest.fixture(scope="module")
 def tiny_llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(
@@ -139,7 +206,6 @@ def test_model_paths_are_resolved_or_explained(tmp_path):
 
 
 def test_own_model_backend_rejects_a_reward_model(tmp_path, tiny_tokenizer):
-    import bwarea
     bwarea.ScalarModel(bwarea.ScalarModelConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, num_heads=2,
                                                 num_kv_heads=1, intermediate_size=64, num_layers=1)).save_pretrained(
         tmp_path, tokenizer=tiny_tokenizer)

@@ -64,7 +64,23 @@ def test_recomputed_log_probs_match_generation_and_reference(model, tokenizer, t
     assert torch.allclose(batch.log_probs[batch.mask], batch.old_log_probs[batch.mask], atol=1e-5)
     # the reference is a frozen copy: identical before any update, unaffected after one
     assert torch.allclose(batch.ref_log_probs[batch.mask], batch.old_log_probs[batch.mask], atol=1e-5)
-    assert rollouts.reference.network is not model.policy
+    # after an update the reference still scores with the starting weights, and leaves the updated ones in place
+    ids, mask, actions, generated = rollouts.turn_batch([t for e in episodes for t in e.turns])
+    before, _ = rollouts.reference.action_log_probs(ids, actions, mask)
+    original = [parameter.detach().clone() for parameter in model.policy_parameters()]
+    try:
+        with torch.no_grad():
+            for parameter in model.policy_parameters():
+                parameter.add_(0.05 * torch.randn_like(parameter))
+        updated = [parameter.detach().clone() for parameter in model.policy_parameters()]
+        after, _ = rollouts.reference.action_log_probs(ids, actions, mask)
+        assert torch.equal(before, after)
+        assert not torch.allclose(model.action_log_probs(ids, actions, mask)[0][generated], after[generated])
+        assert all(torch.equal(p, u) for p, u in zip(model.policy_parameters(), updated))
+    finally:
+        with torch.no_grad():  # the model is shared by this module's tests
+            for parameter, value in zip(model.policy_parameters(), original):
+                parameter.copy_(value)
 
 
 def test_rewards_land_on_the_last_token_of_their_turn(model, tokenizer, tw_cache):
