@@ -5,6 +5,7 @@ LoRA exports are merged, the AR baseline is the same LM, and `bwarea finetune` t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -30,12 +31,16 @@ def corpus(tmp_path_factory, tw_cache) -> Path:
     return textworld_corpus(tmp_path_factory.getbasetemp(), tw_cache)
 
 
+def corpus_texts(corpus: Path) -> list[str]:
+    """The documents of a corpus written by `bwarea data` (JSONL shards with a "text" field)."""
+    return [json.loads(line)["text"] for path in sorted(corpus.rglob("*.jsonl")) for line in path.read_text().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def hf_model(tmp_path_factory, corpus) -> Path:
     """A tiny random Llama with a BPE tokenizer trained on the corpus, saved like any Hugging Face model."""
     directory = tmp_path_factory.mktemp("hf-llama")
-    texts = [path.read_text() for path in sorted(corpus.rglob("*.txt"))][:200] or ["open the door\n"] * 50
-    tokenizer = train_tokenizer(texts, vocab_size=400)
+    tokenizer = train_tokenizer(corpus_texts(corpus), vocab_size=400)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
@@ -92,16 +97,27 @@ def test_stage1_from_a_pretrained_lm_trains_only_the_action_parts(stage1_actions
 
 
 def test_codebook_starts_from_kmeans_of_inverse_dynamics_features(corpus, hf_model, tmp_path):
-    """With no training step the exported codebook is the k-means result: every code is a feature centroid,
-    so (almost) every code is used on the training data, unlike random rows in code space."""
-    run(settings(corpus, tmp_path, "WorldModelStage", init_from=str(hf_model), tuning="actions",
-                 architecture={"num_actions": 8, "code_dim": 8}, diagnostic_batches=0,
-                 optimizer={"lr": 0.0, "warmup_steps": 1}))
-    model = bwarea.load_pretrained(tmp_path / "runs" / "world" / "export")
-    random_start = bwarea.pretrained_lm.bwarea_from_lm(load_causal_lm(hf_model)[0], num_actions=8, code_dim=8)
-    assert not torch.allclose(model.codebook.codebook, random_start.codebook.codebook)
-    ids = torch.tensor(bwarea.load_tokenizer(hf_model)("you see a coin. take coin. go north.")["input_ids"])[None]
-    assert len(set(model.label_actions(ids).flatten().tolist())) >= 2
+    """With no training step (lr 0) the exported codebook is where the run put it before training: with
+    codebook_init kmeans it sits on the inverse dynamics' features (small quantisation error, many codes used),
+    with keep it is the same seeded random codebook, far from them."""
+    exports = {}
+    for mode in ("kmeans", "keep"):
+        run(settings(corpus, tmp_path / mode, "WorldModelStage", init_from=str(hf_model), tuning="actions",
+                     architecture={"num_actions": 8, "code_dim": 8}, diagnostic_batches=0, codebook_init=mode,
+                     optimizer={"lr": 0.0, "warmup_steps": 1}))
+        exports[mode] = bwarea.load_pretrained(tmp_path / mode / "runs" / "world" / "export")
+    clustered, random_codes = exports["kmeans"], exports["keep"]
+    assert torch.equal(clustered.inverse.to_code.weight, random_codes.inverse.to_code.weight)  # same seeded start
+    assert not torch.allclose(clustered.codebook.codebook, random_codes.codebook.codebook)
+    ids = torch.tensor(bwarea.load_tokenizer(hf_model)(corpus_texts(corpus)[0])["input_ids"][:120])[None]
+    with torch.no_grad():
+        features = clustered.inverse(ids).reshape(-1, 8)
+
+    def quantisation_error(model: BWAreaModel) -> float:
+        return float(torch.cdist(features, model.codebook.codebook).min(-1).values.pow(2).mean())
+
+    assert quantisation_error(clustered) < 0.5 * quantisation_error(random_codes)
+    assert len(set(clustered.codebook.nearest(features).tolist())) >= 4
 
 
 def test_stage1_lora_export_is_merged(corpus, hf_model, tmp_path):
