@@ -115,6 +115,8 @@ class ReferencePolicy:
     @torch.no_grad()
     def action_log_probs(self, input_ids: torch.Tensor, actions: torch.Tensor,
                          attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.snapshot and self.snapshot[0].device != self.parameters[0].device:  # the model moved (e.g. to a GPU)
+            self.snapshot = [frozen.to(parameter.device) for frozen, parameter in zip(self.snapshot, self.parameters)]
         current = [parameter.data for parameter in self.parameters]
         try:
             for parameter, frozen in zip(self.parameters, self.snapshot):
