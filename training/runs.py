@@ -41,14 +41,13 @@ import os
 import resource
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only, rank_zero_warn
