@@ -33,15 +33,19 @@ reading step now instead of on the first step; returns a ContextResult).
 Traces (agents/trace.py), JSON-ready through `to_dict()`:
 
     StepTrace: agent, env_index, step, observation, action, answer, parse_method, parse_failed,
-               fallback, faults (list[str]), nodes (list[NodeTrace]), rounds, latency_s,
-               tokens_in / tokens_out (sums over nodes)
+               fallback, faults (list[str]), nodes (list[NodeTrace]), rounds, latency_s, context_s,
+               tokens_in / tokens_out (sums over nodes), provenance (exact / word / fuzzy / choice /
+               fallback, or random / walkthrough / text / typed)
     NodeTrace: node (DAG node id, or "answer"), question (filled), request (messages or prompt, ...),
                answer, tokens_in, tokens_out, latency_s, finish_reason, error, attempts, round, metadata
     NodeTrace.token_actions() -> [(token text, latent action, log-prob), ...] per generated token
                (BWArea backend only; empty for other backends)
 
 Backends share `complete(requests: list[CompletionRequest]) -> list[Completion]` (never raises for a
-failed request: `Completion.error` is set), `rounds` (sequential calls) and `usage`:
+failed request: `Completion.error` is set; raises BackendUnavailable once `max_failed_rounds`
+consecutive rounds failed entirely, when that circuit breaker is set), `check()` (health check: one
+tiny request, BackendUnavailable if it fails), `choose(requests, options) -> list[Choice | None]`
+(the likeliest of each request's options; answer_format: choice), `rounds` (sequential calls) and `usage`:
 TransformersBackend (local HF model directory or GGUF file), OpenAIBackend (OpenAI-compatible HTTP
 server), BWAreaBackend (this project's BWArea and AR models). `make_backend({"type": ..., ...})`
 builds one from a config section.
@@ -63,13 +67,14 @@ from agents.dag_agent import DAGAgent, DAGAgentConfig
 from agents.direct_agent import DirectAgent, DirectAgentConfig
 from agents.factory import AGENTS, BACKENDS, load_config, make_agent, make_backend
 from agents.http_backend import OpenAIBackend, OpenAIConfig
-from agents.llm import Backend, Completion, CompletionRequest, Message
+from agents.llm import Backend, BackendUnavailable, Choice, Completion, CompletionRequest, Message
 from agents.parsing import ParsedAction, parse_action, parse_action_faithful
 from agents.trace import AgentStats, NodeTrace, StepTrace
 from agents.transformers_backend import TransformersBackend, TransformersConfig
 
 __all__ = [
-    "AGENTS", "Agent", "AgentStats", "BACKENDS", "BWAreaBackend", "BWAreaBackendConfig", "Backend", "Completion",
+    "AGENTS", "Agent", "AgentStats", "BACKENDS", "BWAreaBackend", "BWAreaBackendConfig", "Backend",
+    "BackendUnavailable", "Choice", "Completion",
     "CompletionRequest", "ContextConfig", "ContextResult", "DAGAgent", "DAGAgentConfig", "DAGError", "DirectAgent",
     "DirectAgentConfig", "HumanAgent", "HumanAgentConfig", "LLMAgent", "LLMAgentConfig", "Message", "NodeTrace",
     "OpenAIBackend", "OpenAIConfig", "ParsedAction", "QuestionDAG", "RandomAgent", "RandomAgentConfig", "StepTrace",

@@ -33,7 +33,7 @@ from agents.llm import Backend
 from agents.parsing import parse_action, parse_action_faithful
 from agents.trace import AgentStats, StepTrace
 
-ANSWER_FORMATS = ("action", "text")
+ANSWER_FORMATS = ("action", "text", "choice")
 PARSING_MODES = ("robust", "faithful")
 
 
@@ -91,6 +91,8 @@ class Agent:
         if len(active) != len(observations):
             raise ValueError(f"act_batch got {len(active)} active flags for {len(observations)} environments.")
         indices = [i for i, on in enumerate(active) if on]
+        if indices:
+            self.prepare()   # one-off work (SPRING's reading) is timed on its own, not as step latency
         traces = []
         for i in indices:
             slot = self.slots[i]
@@ -122,6 +124,10 @@ class Agent:
             raise ValueError(f"override_action: slot {index} has not acted yet in this episode; call act first.")
         observation, _ = transcript.turns[-1]
         transcript.turns[-1] = (observation, tidy_command(action))
+
+    def prepare(self) -> Any:
+        """One-off work before the first step (default: none); `act_batch` calls it outside the step's timing."""
+        return None
 
     # -- for subclasses -------------------------------------------------------------------------
 
@@ -165,10 +171,13 @@ class LLMAgentConfig:
     history: observations shown (the current one and history-1 before it, with the actions between).
     max_tokens / temperature: per request. answer_format: "action" parses the answer into one of
     info["admissible_actions"] (the raw first line when the env lists none); "text" uses the answer as is
-    (BIG-Bench Hard). parsing: "robust" (word boundaries, earliest mention, fuzzy) or "faithful" (the
-    original SPRING substring rule, for comparison). fallback_action: taken after a failed request or an
-    unparseable answer (None: the first admissible action, else ""). fuzzy_cutoff: similarity needed
-    by the fuzzy stage. max_observation_chars: longer observations are cut. stop: stop strings of every
+    (BIG-Bench Hard); "choice" has the final request pick one of info["admissible_actions"] (Crafter's 17
+    actions, TextWorld's admissible commands, a BBH task's answer set) by the backend's likelihood of each
+    (`Backend.choose`), so the action is valid by construction; where the backend cannot score options or
+    the env lists none, the answer is generated and parsed as with "action". parsing: "robust" (word
+    boundaries, earliest mention, fuzzy) or "faithful" (the original SPRING substring rule, for comparison).
+    fallback_action: taken after a failed request or an unparseable answer (None: the first admissible
+    action, else ""). fuzzy_cutoff: similarity needed by the fuzzy stage. max_observation_chars: longer observations are cut. stop: stop strings of every
     request (e.g. "\nQuestion:" keeps a small model from inventing the next question)."""
 
     system: str = "You are a helpful assistant playing a text game."
@@ -207,16 +216,27 @@ class LLMAgent(Agent):
     def recent(self, slot: Slot) -> str:
         return slot.transcript.render(max_turns=self.config.history - 1)
 
-    def resolve(self, trace: StepTrace, answer: str, error: str | None, info: dict[str, Any]) -> None:
-        """Set the action of `trace` from the final answer, or the fallback after a fault or parse failure."""
+    def options(self, info: dict[str, Any]) -> list[str] | None:
+        """The answers the final request chooses among (answer_format "choice"), else None (free text)."""
+        if self.config.answer_format != "choice":
+            return None
+        return list(info.get("admissible_actions") or []) or None
+
+    def resolve(self, trace: StepTrace, answer: str, error: str | None, info: dict[str, Any],
+                chosen: bool = False) -> None:
+        """Set the action of `trace` from the final answer (`chosen`: picked among the valid options by
+        likelihood), or the fallback after a fault or parse failure."""
         trace.answer = answer
         fallback = fallback_for(info, self.config.fallback_action)
         if error is not None:
             trace.action, trace.fallback = fallback, True
             return
+        if chosen:
+            trace.action, trace.parse_method = answer, "choice"
+            return
         admissible = info.get("admissible_actions") or []
         if self.config.answer_format == "text" or not admissible:
-            command = answer if self.config.answer_format == "text" else Transcript.parse_command(answer)
+            command = Transcript.parse_command(answer) if self.config.answer_format == "action" else answer
             trace.action, trace.parse_method = command, "text"
             if not command.strip():
                 trace.action, trace.fallback, trace.parse_failed = fallback, True, True
@@ -224,6 +244,7 @@ class LLMAgent(Agent):
         if self.config.parsing == "faithful":
             parsed = parse_action_faithful(answer, admissible)
         else:
-            parsed = parse_action(answer, admissible, self.config.fuzzy_cutoff)
+            parsed = parse_action(answer, admissible, self.config.fuzzy_cutoff, info.get("action_aliases"),
+                                  echo=trace.observation)
         trace.parse_method, trace.parse_failed = parsed.method, parsed.failed
         trace.action, trace.fallback = (parsed.action, False) if parsed.action is not None else (fallback, True)

@@ -9,7 +9,9 @@ BWArea and CoLA (the BWArea release used 2.0), the next token for the AR baselin
 Stop strings end a row; the returned text stops before them. For a latent-action model every
 completion's metadata holds, per generated token and aligned: `token_ids`, `tokens` (each decoded
 alone, for display), the latent action behind it (`actions`) and that action's log-probability under
-the policy (`action_log_probs`); a trace gives them as `NodeTrace.token_actions()`.
+the policy (`action_log_probs`); a trace gives them as `NodeTrace.token_actions()`. Beside them, the
+policy's `TOP_ACTIONS` most likely actions at that token (`action_top`, most likely first) and their
+probabilities at temperature 1 (`action_top_probs`, rounded to 4 digits), what a viewer shows on hover.
 
 Chat requests: our tokenizers have no chat template, so messages are rendered as plain text
 ("System: ...", "User: ...", then "Assistant:"); a model trained on game transcripts is usually
@@ -24,8 +26,11 @@ from typing import get_args
 import torch
 
 import bwarea
+from bwarea.device import resolve_device
 from bwarea.generation import PromptActions
 from agents.local_backend import GeneratedRow, LocalBackend
+
+TOP_ACTIONS = 5   # alternatives recorded per generated token of a latent-action model
 
 
 @dataclass
@@ -36,14 +41,15 @@ class BWAreaBackendConfig:
     model: "inverse" (by the inverse dynamics: the prompt read as the text it is) or "policy" (by the
     policy's choices, drawn like the generated actions); CoLA's world model reads no past actions, so
     there both give the same text. top_k / top_p: truncation of the choice's distribution.
-    max_context: prompt + generated tokens (default: the model's max_position_embeddings). seed: seeds sampling."""
+    max_context: prompt + generated tokens (default: the model's max_position_embeddings). seed: seeds sampling.
+    device: where the model runs: "auto" (the GPU if there is one, else the CPU), "cpu", "cuda", "cuda:1", ..."""
 
     model: str
     token_temperature: float = 0.0
     prompt_actions: PromptActions = "inverse"
     top_k: int | None = None
     top_p: float | None = None
-    device: str = "cpu"
+    device: str = "auto"
     max_context: int | None = None
     max_batch_size: int = 16
     chat_template: bool = True
@@ -54,7 +60,8 @@ class BWAreaBackend(LocalBackend):
     def __init__(self, config: BWAreaBackendConfig) -> None:
         if config.prompt_actions not in get_args(PromptActions):
             raise ValueError(f"prompt_actions must be one of {get_args(PromptActions)}, got {config.prompt_actions!r}.")
-        model = bwarea.load_pretrained(config.model, map_location=config.device)
+        self.device = resolve_device(config.device)
+        model = bwarea.load_pretrained(config.model, map_location=self.device)
         if not callable(getattr(model, "generate", None)):
             raise ValueError(f"{config.model} holds a {type(model).__name__}, which does not generate text; "
                              "give a BWArea, CoLA or AR baseline checkpoint.")
@@ -68,13 +75,14 @@ class BWAreaBackend(LocalBackend):
 
     def _generate(self, prompts: list[list[int]], budgets: list[int], temperature: float,
                   stop: tuple[str, ...]) -> list[GeneratedRow]:
-        device = torch.device(self.config.device)
+        device = self.device
         input_ids, attention_mask = self.left_pad(prompts)
         output = self.model.generate(
             input_ids.to(device), attention_mask.to(device), max_new_tokens=max(budgets), temperature=temperature,
             top_k=self.config.top_k, top_p=self.config.top_p, token_temperature=self.config.token_temperature,
             prompt_actions=self.config.prompt_actions, stop_strings=stop, tokenizer=self.tokenizer,
-            pad_token_id=self.pad_id, generator=torch.Generator(device).manual_seed(self.seed + self._calls))
+            pad_token_id=self.pad_id, generator=torch.Generator(device).manual_seed(self.seed + self._calls),
+            report_top=TOP_ACTIONS if self.has_actions else 0)
         rows = []
         for row in range(output.tokens.shape[0]):
             keep = output.mask[row]
@@ -83,6 +91,9 @@ class BWAreaBackend(LocalBackend):
             if self.has_actions:
                 metadata = {"token_ids": token_ids, "tokens": [self.tokenizer.decode([t]) for t in token_ids],
                             "actions": output.actions[row][keep].tolist(),
-                            "action_log_probs": [round(x, 5) for x in output.action_log_probs[row][keep].tolist()]}
+                            "action_log_probs": [round(x, 5) for x in output.action_log_probs[row][keep].tolist()],
+                            "action_top": output.top_choices[row][keep].tolist(),
+                            "action_top_probs": [[round(p, 4) for p in probs]
+                                                 for probs in output.top_choice_probs[row][keep].tolist()]}
             rows.append(GeneratedRow(token_ids, bool(output.finished[row]), metadata))
         return rows

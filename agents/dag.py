@@ -14,11 +14,19 @@ Validation: unique ids, every parent declared, no cycle, exactly one sink (the n
 the final one), and questions use only the placeholders {actions} and {task}. networkx lists
 predecessors in edge-insertion order, so the declared parent order is stored explicitly.
 
-Each node's prompt is: system text + background context (system message), then the recent
-observations, the question/answer pairs of its direct parents only, and its own question (user
-message). `run_dag` executes a DAG for many environments at once: by topological generations, with
-every node of a generation for every environment in ONE batched backend call ("batched"), or one
-request per call, node by node and environment by environment ("sequential", for comparison).
+Prompt layouts (`layout`):
+- "compact" (ours): system text + background context as one system message, then ONE user message
+  with the recent observations, the question/answer pairs of the node's direct parents and its own
+  question; nodes may set their own token budget (`max_tokens`).
+- "spring" (as published): the persona, the context and the recent observations as three system
+  messages, then each parent's question and answer as a real user/assistant turn, then the node's own
+  question as the last user message; per-node budgets are ignored (every node gets the agent's
+  `max_tokens`; set it as large as the model's context allows).
+
+`run_dag` executes a DAG for many environments at once: by topological generations, with every node
+of a generation for every environment in ONE batched backend call ("batched"), or one request per
+call, node by node and environment by environment ("sequential", for comparison). With `options`, the
+sink is answered by choosing among the valid answers (`llm.answer_requests`, answer_format: choice).
 """
 
 from __future__ import annotations
@@ -33,11 +41,12 @@ from typing import Any
 import networkx as nx
 import yaml
 
-from agents.llm import Backend, CompletionRequest, Message
+from agents.llm import Backend, CompletionRequest, Message, answer_requests
 from agents.trace import NodeTrace
 
 PLACEHOLDERS = ("actions", "task")
 EXECUTION_MODES = ("batched", "sequential")
+LAYOUTS = ("compact", "spring")
 
 
 class DAGError(ValueError):
@@ -176,9 +185,20 @@ def clean_answer(text: str) -> str:
     return _ANSWER_LABEL.sub("", text.strip()).strip()
 
 
-def node_request(dag: QuestionDAG, node_id: str, state: DAGInput, answers: Mapping[str, str],
-                 max_tokens: int, temperature: float, stop: Sequence[str] = ()) -> CompletionRequest:
+def node_request(dag: QuestionDAG, node_id: str, state: DAGInput, answers: Mapping[str, str], max_tokens: int,
+                 temperature: float, stop: Sequence[str] = (), layout: str = "compact") -> CompletionRequest:
     node = dag.nodes[node_id]
+    if layout == "spring":
+        messages = [Message("system", state.system)]
+        if state.context:
+            messages.append(Message("system", f"Background knowledge:\n{state.context}"))
+        messages.append(Message("system", f"Recent observations:\n{state.observations}"))
+        for parent in node.parents:
+            messages += [Message("user", fill(dag.nodes[parent].question, state.variables)),
+                         Message("assistant", answers.get(parent, "").strip())]
+        messages.append(Message("user", fill(node.question, state.variables)))
+        return CompletionRequest(messages=tuple(messages), max_tokens=max_tokens, temperature=temperature,
+                                 stop=tuple(stop))
     system = state.system + (f"\n\nBackground knowledge:\n{state.context}" if state.context else "")
     parts = [f"Recent observations:\n{state.observations}"]
     if node.parents:
@@ -190,10 +210,14 @@ def node_request(dag: QuestionDAG, node_id: str, state: DAGInput, answers: Mappi
 
 
 def run_dag(dag: QuestionDAG, backend: Backend, states: Sequence[DAGInput], max_tokens: int = 64,
-            temperature: float = 0.0, mode: str = "batched", stop: Sequence[str] = ()) -> list[DAGResult]:
-    """Answer every node of `dag` for every state; one DAGResult per state."""
+            temperature: float = 0.0, mode: str = "batched", stop: Sequence[str] = (), layout: str = "compact",
+            options: Sequence[Sequence[str] | None] | None = None) -> list[DAGResult]:
+    """Answer every node of `dag` for every state; one DAGResult per state. Where `options[i]` lists valid
+    answers, state i's sink is answered by choosing among them (`llm.answer_requests`)."""
     if mode not in EXECUTION_MODES:
         raise ValueError(f"execution mode {mode!r} is unknown; choose one of: {', '.join(EXECUTION_MODES)}.")
+    if layout not in LAYOUTS:
+        raise ValueError(f"prompt layout {layout!r} is unknown; choose one of: {', '.join(LAYOUTS)}.")
     answers: list[dict[str, str]] = [{} for _ in states]
     traces: list[list[NodeTrace]] = [[] for _ in states]
     if mode == "batched":
@@ -201,8 +225,10 @@ def run_dag(dag: QuestionDAG, backend: Backend, states: Sequence[DAGInput], max_
     else:
         waves = [[(i, node_id)] for i in range(len(states)) for node_id in dag.order]
     for round_index, wave in enumerate(waves):
-        requests = [node_request(dag, node_id, states[i], answers[i], max_tokens, temperature, stop) for i, node_id in wave]
-        for (i, node_id), request, completion in zip(wave, requests, backend.complete(requests)):
+        requests = [node_request(dag, node_id, states[i], answers[i], max_tokens, temperature, stop, layout)
+                    for i, node_id in wave]
+        choices = [options[i] if options is not None and node_id == dag.sink else None for i, node_id in wave]
+        for (i, node_id), request, completion in zip(wave, requests, answer_requests(backend, requests, choices)):
             trace = NodeTrace.of(node_id, request, completion, round_index,
                                  question=fill(dag.nodes[node_id].question, states[i].variables))
             trace.answer = answers[i][node_id] = clean_answer(completion.text)

@@ -15,7 +15,7 @@ from typing import Any
 
 from agents.base import LLMAgent, LLMAgentConfig, Slot
 from agents.dag import check_placeholders, fill
-from agents.llm import CompletionRequest, Message
+from agents.llm import CompletionRequest, Message, answer_requests
 from agents.trace import NodeTrace, StepTrace
 
 STYLES = ("chat", "transcript", "observation")
@@ -58,8 +58,10 @@ class DirectAgent(LLMAgent):
 
     def _decide(self, traces: list[StepTrace], slots: list[Slot], infos: list[dict[str, Any]]) -> int:
         requests = [self.request(slot, info) for slot, info in zip(slots, infos)]
-        for trace, request, completion, info in zip(traces, requests, self.backend.complete(requests), infos):
+        completions = answer_requests(self.backend, requests, [self.options(info) for info in infos])
+        for trace, request, completion, info in zip(traces, requests, completions, infos):
             trace.nodes = [NodeTrace.of("answer", request, completion)]
             trace.faults = [f"answer: {completion.error}"] if completion.error else []
-            self.resolve(trace, completion.text.strip(), completion.error, info)
+            self.resolve(trace, completion.text.strip(), completion.error, info,
+                         chosen=completion.finish_reason == "choice")
         return 1

@@ -11,7 +11,15 @@ honoured, capped at `max_backoff_s`); other 4xx errors are not retried. What sti
 as a Completion with `error` set, never as an exception.
 
 The API key is read from the environment variable named by `api_key_env` (the config holds only the
-variable's name); it is sent as a Bearer token and never logged, printed or stored elsewhere.
+variable's name); it is sent as a Bearer token and never logged, printed or stored elsewhere. Every
+error message is redacted before it leaves the backend (`redact`): the key itself, and anything that
+looks like a credential (an Authorization header, "Bearer ...", "api_key": ..., sk-...), so a server
+that echoes the request's headers in its error body cannot put the key into faults or episode logs.
+
+`choose(requests, options)` (answer_format: choice) asks for one token with `logprobs` and
+`top_logprobs`, the options listed under letters A, B, ...: the letter with the highest log-probability
+wins. A server that returns no logprobs is remembered as such, and `choose` returns None from then
+on (the agent generates free text and parses it instead).
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ import http.client
 import json
 import os
 import random
+import re
 import socket
+import string
 import time
 import urllib.error
 import urllib.request
@@ -28,10 +38,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.llm import Backend, Completion, CompletionRequest, failed, trim_at_stop
+from agents.llm import Backend, Choice, Completion, CompletionRequest, Message, failed, trim_at_stop
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 ERROR_BODY_CHARS = 300
+REDACTED = "[redacted]"
+_CREDENTIAL = re.compile(r"(?i)(authorization|x-api-key|api[-_]?key|bearer|token)([\"']?\s*[:=]?\s*[\"']?\s*)"
+                         r"(?:bearer\s+)?[^\s\"',}]+")
+_SECRET_KEY = re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}")
+CHOICE_LABELS = string.ascii_uppercase
+TOP_LOGPROBS = 20
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """`text` without the given secrets and without anything shaped like a credential."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    text = _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    return _SECRET_KEY.sub(REDACTED, text)
 
 
 @dataclass
@@ -83,6 +108,7 @@ class OpenAIBackend(Backend):
         self.config = config
         self.name = f"openai:{config.base_url.rstrip('/')}:{config.model}"
         self._random = random.Random(config.seed)
+        self.offers_logprobs: bool | None = None     # unknown until the first choose()
         self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="openai-backend")
 
     def __repr__(self) -> str:
@@ -105,8 +131,9 @@ class OpenAIBackend(Backend):
         body["prompt"] = request.prompt
         return "completions", body
 
-    def _complete_one(self, request: CompletionRequest) -> Completion:
+    def _complete_one(self, request: CompletionRequest, extra: dict[str, Any] | None = None) -> Completion:
         endpoint, body = self._body(request)
+        body.update(extra or {})
         start = time.perf_counter()
         attempts = 0
         while True:
@@ -119,11 +146,50 @@ class OpenAIBackend(Backend):
                 completion.attempts, completion.latency_s = attempts, time.perf_counter() - start
                 return completion
             except _Fatal as error:
-                return failed(str(error), time.perf_counter() - start, attempts)
+                return failed(self._redact(str(error)), time.perf_counter() - start, attempts)
             except _Retryable as error:
                 if attempts > self.config.max_retries:
-                    return failed(f"{error} (gave up after {attempts} attempts)", time.perf_counter() - start, attempts)
+                    return failed(self._redact(f"{error} (gave up after {attempts} attempts)"),
+                                  time.perf_counter() - start, attempts)
                 time.sleep(self._backoff(attempts, error.wait_s))
+
+    def _redact(self, text: str) -> str:
+        return redact(text, (self._api_key,) if self._api_key else ())
+
+    def choose(self, requests: list[CompletionRequest], options: list[list[str]]) -> list[Choice | None]:
+        """Per request, the option whose letter gets the highest first-token log-probability (module docstring)."""
+        return list(self._pool.map(self._choose_one, requests, options))
+
+    def _choose_one(self, request: CompletionRequest, options: list[str]) -> Choice | None:
+        if self.offers_logprobs is False or request.messages is None or not 1 <= len(options) <= len(CHOICE_LABELS):
+            return None
+        labels = CHOICE_LABELS[:len(options)]
+        listing = "\n".join(f"{label}) {option}" for label, option in zip(labels, options))
+        last = request.messages[-1]
+        asked = CompletionRequest(
+            messages=request.messages[:-1] + (Message(last.role, f"{last.content}\n\nOptions:\n{listing}\n"
+                                                                  "Reply with the letter of your choice only."),),
+            max_tokens=1, temperature=0.0)
+        completion = self._complete_one(asked, {"logprobs": True, "top_logprobs": TOP_LOGPROBS})
+        self._account([completion], completion.latency_s)
+        if completion.error:
+            return Choice("", {}, completion)
+        top = completion.metadata.pop("top_logprobs", None)
+        if top is None:
+            self.offers_logprobs = False
+            return None
+        self.offers_logprobs = True
+        scores: dict[str, float] = {}
+        for token, log_prob in top:
+            label = token.strip().rstrip(").:")
+            if label in labels and options[labels.index(label)] not in scores:
+                scores[options[labels.index(label)]] = float(log_prob)
+        if not scores:   # no option among the most likely tokens: leave it to free text
+            return None
+        best = max(scores, key=scores.get)
+        completion.text, completion.finish_reason = best, "choice"
+        completion.metadata.update(choice_scores=scores, choice_request=asked.to_dict())
+        return Choice(best, scores, completion)
 
     def _backoff(self, attempt: int, wait_s: float | None) -> float:
         if wait_s is not None:
@@ -169,6 +235,11 @@ class OpenAIBackend(Backend):
         if not text.strip() and self.config.retry_empty:
             raise _Retryable("the server returned empty content")
         usage = data.get("usage") or {}
-        return Completion(text=text, tokens_in=int(usage.get("prompt_tokens") or 0),
-                          tokens_out=int(usage.get("completion_tokens") or 0),
-                          finish_reason="length" if choice.get("finish_reason") == "length" else "stop")
+        completion = Completion(text=text, tokens_in=int(usage.get("prompt_tokens") or 0),
+                                tokens_out=int(usage.get("completion_tokens") or 0),
+                                finish_reason="length" if choice.get("finish_reason") == "length" else "stop")
+        content = (choice.get("logprobs") or {}).get("content") if chat else None
+        if content and isinstance(content, list) and isinstance(content[0], dict) and content[0].get("top_logprobs"):
+            completion.metadata["top_logprobs"] = [(entry.get("token", ""), entry.get("logprob", -1e9))
+                                                   for entry in content[0]["top_logprobs"]]
+        return completion

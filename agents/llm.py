@@ -6,6 +6,16 @@ tokens in/out, latency, a finish reason ("stop", "length" or "error") and, after
 retries could not fix, the `error` message with empty text. Backends never raise for a failed
 request: agents read `error` and fall back, so a run never crashes on a flaky server.
 
+Two exceptions to "never raises", both for an unusable backend rather than one bad request:
+`check()` (a health check: one tiny request) raises `BackendUnavailable` when it fails, and with a
+circuit breaker set (`max_failed_rounds`), `complete` raises `BackendUnavailable` once that many
+consecutive rounds failed entirely, naming the backend and the last error, so an evaluation against a
+dead server stops at once instead of playing fallback actions for hours.
+
+`choose(requests, options)` picks one of a fixed set of answers by the backend's likelihood (local
+models: one batched scoring pass; OpenAI-compatible servers: first-token logprobs over labelled
+options); it returns None where a backend cannot score, and the agent then parses free text.
+
 Backends: `TransformersBackend` (local Hugging Face causal LM, directory or GGUF file),
 `OpenAIBackend` (any OpenAI-compatible HTTP server), `BWAreaBackend` (this project's BWArea and AR
 models). Every backend counts its sequential `rounds` (calls of `complete`) and token `usage`.
@@ -101,6 +111,23 @@ def trim_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+class BackendUnavailable(RuntimeError):
+    """The backend cannot serve requests at all (health check failed, or the circuit breaker tripped)."""
+
+
+HEALTH_CHECK = CompletionRequest(messages=(Message("user", "Reply with the word OK."),), max_tokens=1)
+
+
+@dataclass
+class Choice:
+    """What `Backend.choose` picked: one of the options, each option's score (log-likelihood, higher is
+    better) and the completion behind it (text = the chosen option; tokens, latency, metadata)."""
+
+    option: str
+    scores: dict[str, float]
+    completion: Completion
+
+
 @dataclass
 class Usage:
     requests: int = 0
@@ -120,6 +147,8 @@ class Backend(ABC):
     def __init__(self) -> None:
         self.rounds = 0          # sequential calls of complete(): the latency-relevant count
         self.usage = Usage()
+        self.max_failed_rounds: int | None = None   # the circuit breaker (None: off)
+        self.failed_rounds = 0   # consecutive rounds in which every request failed
         self._lock = threading.Lock()
 
     def complete(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
@@ -131,7 +160,11 @@ class Backend(ABC):
         completions = self._complete(requests)
         if len(completions) != len(requests):
             raise RuntimeError(f"{type(self).__name__} returned {len(completions)} completions for {len(requests)} requests.")
-        elapsed = time.perf_counter() - start
+        self._account(completions, time.perf_counter() - start)
+        return completions
+
+    def _account(self, completions: Sequence[Completion], elapsed: float) -> None:
+        """Bookkeeping of one round (rounds, usage, the circuit breaker); raises BackendUnavailable when it trips."""
         with self._lock:
             self.rounds += 1
             for completion in completions:
@@ -141,7 +174,22 @@ class Backend(ABC):
                 self.usage.errors += completion.error is not None
                 self.usage.tokens_in += completion.tokens_in
                 self.usage.tokens_out += completion.tokens_out
-        return completions
+            self.failed_rounds = self.failed_rounds + 1 if all(c.error for c in completions) else 0
+            tripped = self.max_failed_rounds is not None and self.failed_rounds >= self.max_failed_rounds
+        if tripped:
+            raise BackendUnavailable(f"{self.name} failed {self.failed_rounds} consecutive rounds (circuit breaker "
+                                     f"max_failed_rounds={self.max_failed_rounds}); last error: {completions[-1].error}")
+
+    def check(self) -> None:
+        """Health check: one tiny request; raise BackendUnavailable (naming the backend and the error) if it fails."""
+        [completion] = self.complete([HEALTH_CHECK])
+        if completion.error:
+            raise BackendUnavailable(f"health check of {self.name} failed: {completion.error}")
+
+    def choose(self, requests: Sequence[CompletionRequest], options: Sequence[Sequence[str]]) -> list[Choice | None]:
+        """Per request, the one of its `options` the model finds most likely as its answer; None where this
+        backend cannot score options (the caller then generates free text and parses it)."""
+        return [None] * len(requests)
 
     @abstractmethod
     def _complete(self, requests: list[CompletionRequest]) -> list[Completion]: ...
@@ -153,3 +201,21 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release resources (threads, connections); the backend is unusable afterwards."""
+
+
+def answer_requests(backend: Backend, requests: Sequence[CompletionRequest],
+                    options: Sequence[Sequence[str] | None] | None = None) -> list[Completion]:
+    """Completions of `requests`; where `options[i]` lists valid answers, request i is answered by
+    `backend.choose` (finish_reason "choice", text = the chosen option) unless the backend cannot score
+    options, in which case it is completed as free text like the others."""
+    options = list(options) if options is not None else [None] * len(requests)
+    answers: list[Completion | None] = [None] * len(requests)
+    scored = [i for i, opts in enumerate(options) if opts]
+    if scored:
+        for i, choice in zip(scored, backend.choose([requests[i] for i in scored], [list(options[i]) for i in scored])):
+            if choice is not None:
+                answers[i] = choice.completion
+    rest = [i for i, answer in enumerate(answers) if answer is None]
+    for i, completion in zip(rest, backend.complete([requests[i] for i in rest])):
+        answers[i] = completion
+    return answers

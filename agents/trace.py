@@ -14,8 +14,10 @@ line per step in a JSONL log is the intended storage.
 `prompt_truncated` (prompt tokens dropped to fit the context), `shared_prefix_tokens` /
 `reused_prefix_tokens` (transformers prefix caching). The BWArea backend, per generated token and
 aligned with each other: `token_ids`, `tokens` (each token decoded alone), `actions` (the latent
-cognitive action the policy chose for that token) and `action_log_probs` (its log-probability). These
-lists cover every generated token, including a stop string's tokens that `answer` no longer shows.
+cognitive action the policy chose for that token), `action_log_probs` (its log-probability), `action_top`
+(the policy's 5 most likely actions there, most likely first) and `action_top_probs` (their probabilities at
+temperature 1). These lists cover every generated token, including a stop string's tokens that `answer` no
+longer shows.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.llm import Completion, CompletionRequest
+from agents.parsing import PROVENANCE
 
 
 @dataclass
@@ -69,13 +72,20 @@ class StepTrace:
     observation: str
     action: str
     answer: str = ""                 # the text the action was parsed from
-    parse_method: str = "none"       # final / earliest / fuzzy / faithful / text / failed / none (no parsing)
+    parse_method: str = "none"       # exact / final / earliest / fuzzy / faithful / choice / text / failed / none
     parse_failed: bool = False
     fallback: bool = False           # the action is the configured fallback (fault or parse failure)
     faults: list[str] = field(default_factory=list)
     nodes: list[NodeTrace] = field(default_factory=list)
     rounds: int = 0                  # sequential backend rounds this step waited for
     latency_s: float = 0.0           # wall time of the agent's decision for the whole batch it was part of
+    context_s: float = 0.0           # the step that built the agent's context: the time that took (not in latency_s)
+
+    @property
+    def provenance(self) -> str:
+        """How the action was obtained: exact / word / fuzzy / choice / fallback (LLM agents), text, random,
+        walkthrough, typed (see agents.parsing.PROVENANCE)."""
+        return "fallback" if self.fallback else PROVENANCE.get(self.parse_method, self.parse_method)
 
     @property
     def tokens_in(self) -> int:
@@ -87,7 +97,7 @@ class StepTrace:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["tokens_in"], data["tokens_out"] = self.tokens_in, self.tokens_out
+        data["tokens_in"], data["tokens_out"], data["provenance"] = self.tokens_in, self.tokens_out, self.provenance
         return data
 
 
@@ -102,14 +112,16 @@ class AgentStats:
     tokens_in: int = 0
     tokens_out: int = 0
     rounds: int = 0
+    provenance: dict[str, int] = field(default_factory=dict)   # steps per way the action was obtained
 
     def add(self, trace: StepTrace) -> None:
         self.steps += 1
+        self.provenance[trace.provenance] = self.provenance.get(trace.provenance, 0) + 1
         self.parse_failures += trace.parse_failed
         self.faults += bool(trace.faults)
         self.fallbacks += trace.fallback
         self.tokens_in += trace.tokens_in
         self.tokens_out += trace.tokens_out
 
-    def to_dict(self) -> dict[str, int]:
-        return dict(vars(self))
+    def to_dict(self) -> dict[str, Any]:
+        return {**vars(self), "provenance": dict(self.provenance)}

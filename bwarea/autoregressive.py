@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from bwarea.checkpoint import PretrainedModel
 from bwarea.config import ARConfig
-from bwarea.generation import GenerationOutput, PromptActions, generate
+from bwarea.generation import DecodeStep, GenerationOutput, PromptActions, generate
 from bwarea.model import chosen_log_probs, next_token_loss
 from bwarea.transformer import KVCache, Transformer, init_weights
 
@@ -57,13 +57,23 @@ class ARLanguageModel(PretrainedModel):
         return _ARDecoder(self, input_ids.shape[0], capacity)
 
 
+def _next_token_logits(model: ARLanguageModel, tokens: torch.Tensor, mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """(B, 1, V) logits at the newest position."""
+    return model.lm_head(model.trunk(tokens, mask, cache)[:, -1:])
+
+
 class _ARDecoder:
     def __init__(self, model: ARLanguageModel, batch_size: int, capacity: int):
         self.model = model
         self.cache = model.trunk.new_cache(batch_size, capacity)
+        self.step = DecodeStep(_next_token_logits)
+
+    def make_static(self, compile_mode: str | None) -> None:
+        self.cache.make_static(self.model.trunk)
+        self.step.compile(compile_mode)
 
     def action_logits(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(self.model.trunk(tokens, mask, self.cache)[:, -1:])
+        return self.step(self.model, tokens, mask, self.cache)
 
     def token_logits(self, tokens: torch.Tensor, mask: torch.Tensor, actions: torch.Tensor) -> None:
         return None

@@ -49,7 +49,7 @@ from bwarea.autoregressive import ARLanguageModel
 from bwarea.checkpoint import PretrainedModel
 from bwarea.codebook import code_usage
 from bwarea.config import ARConfig, BaseModelConfig, TransformerConfig
-from bwarea.generation import GenerationOutput, PromptActions, choose, generate
+from bwarea.generation import DecodeStep, GenerationOutput, PromptActions, choose, generate
 from bwarea.model import Stage1Output, chosen_log_probs, next_token_loss, transition_mask
 from bwarea.transformer import AttentionInputs, Block, KVCache, RMSNorm, Transformer, init_weights
 
@@ -341,6 +341,20 @@ class CoLAModel(PretrainedModel):
         return _CoLADecoder(self, input_ids.shape[0], capacity)
 
 
+def _policy_logits_and_state(model: CoLAModel, tokens: torch.Tensor, mask: torch.Tensor, lm_cache: KVCache,
+                             policy_cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LM on the new tokens, the policy on their states: newest position's logits (B, 1, K) and state (B, 1, H)."""
+    states, _ = model.states(tokens, mask, lm_cache)
+    policy_inputs = model.lm.attention_inputs(tokens, mask, policy_cache)
+    # contiguous: the same strides after the prompt as after a step, so the compiled world step fits both
+    return model.policy(model.lm.norm(states), policy_inputs)[:, -1:], states[:, -1:].contiguous()
+
+
+def _merged_logits(model: CoLAModel, newest_state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """World-model logits (B, V) of the newest state (B, 1, H) under its action (B, 1)."""
+    return model.lm_head(model._world_hidden(newest_state, model.embed_actions(actions)))[:, -1]
+
+
 class _CoLADecoder:
     """Cached decoding: the LM trunk and the policy blocks keep KV caches; the world model needs only the
     newest state. `action_logits` runs the LM on the new tokens and the policy on their states and returns
@@ -350,19 +364,21 @@ class _CoLADecoder:
     def __init__(self, model: CoLAModel, batch_size: int, capacity: int):
         self.model = model
         self.lm_cache = model.lm.new_cache(batch_size, capacity)
-        self.policy_cache = KVCache(model.policy.config, batch_size, capacity, self.lm_cache.keys.dtype,
-                                    self.lm_cache.keys.device)
+        self.policy_cache = KVCache(model.policy.config, batch_size, capacity, self.lm_cache.keys[0].dtype,
+                                    self.lm_cache.keys[0].device)
         self.newest_state: torch.Tensor | None = None
+        self.policy_step, self.world_step = DecodeStep(_policy_logits_and_state), DecodeStep(_merged_logits)
+
+    def make_static(self, compile_mode: str | None) -> None:
+        self.lm_cache.make_static(self.model.lm)
+        self.policy_cache.make_static(self.model.policy)
+        for step in (self.policy_step, self.world_step):
+            step.compile(compile_mode)
 
     def action_logits(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        model = self.model
-        states, _ = model.states(tokens, mask, self.lm_cache)
-        self.newest_state = states[:, -1:]
-        policy_inputs = model.lm.attention_inputs(tokens, mask, self.policy_cache)
-        return model.policy(model.lm.norm(states), policy_inputs)[:, -1:]
+        logits, self.newest_state = self.policy_step(self.model, tokens, mask, self.lm_cache, self.policy_cache)
+        return logits
 
     def token_logits(self, tokens: torch.Tensor, mask: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """actions (B, 1): the newest position's choice -> world-model logits (B, V)."""
-        model = self.model
-        hidden = model._world_hidden(self.newest_state, model.embed_actions(actions))
-        return model.lm_head(hidden)[:, -1]
+        return self.world_step(self.model, self.newest_state, actions)

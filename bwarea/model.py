@@ -38,10 +38,10 @@ from bwarea.checkpoint import PretrainedModel
 from bwarea.codebook import ActionCodebook, CodeUsage, code_usage
 from bwarea.config import BWAreaConfig
 from bwarea.cross_entropy import linear_cross_entropy
-from bwarea.generation import GenerationOutput, PromptActions, choose, generate
+from bwarea.generation import DecodeStep, GenerationOutput, PromptActions, choose, generate
 from bwarea.inverse_dynamics import InverseDynamics
 from bwarea.policy import CognitivePolicy
-from bwarea.transformer import AttentionInputs, init_weights
+from bwarea.transformer import AttentionInputs, KVCache, init_weights
 from bwarea.world_model import LanguageWorldModel
 
 
@@ -216,6 +216,19 @@ class BWAreaModel(PretrainedModel):
         return _BWAreaDecoder(self, input_ids, attention_mask, capacity, prompt_actions)
 
 
+def _policy_logits(model: BWAreaModel, tokens: torch.Tensor, mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """(B, T, K) action logits of the new tokens."""
+    return model.policy(tokens, mask, cache)
+
+
+def _world_logits(model: BWAreaModel, tokens: torch.Tensor, mask: torch.Tensor, cache: KVCache,
+                  actions: torch.Tensor) -> torch.Tensor:
+    """(B, V) world-model logits at the newest position, the new tokens carrying `actions` (B, T)."""
+    world = model.world
+    hidden = world.hidden_states(tokens, model.codebook.embed(actions), mask, cache)
+    return world.lm_head(hidden[:, -1])
+
+
 class _BWAreaDecoder:
     """Cached decoding: the policy chooses a_t from x_{<=t}, then the world model emits x_{t+1}.
 
@@ -233,9 +246,16 @@ class _BWAreaDecoder:
         self.world_cache = model.world.trunk.new_cache(input_ids.shape[0], capacity)
         self.prompt_labels = model.label_actions(input_ids, attention_mask) if prompt_actions == "inverse" else None
         self.choose_prompt = prompt_actions == "policy"
+        self.policy_step, self.world_step = DecodeStep(_policy_logits), DecodeStep(_world_logits)
+
+    def make_static(self, compile_mode: str | None) -> None:
+        self.policy_cache.make_static(self.model.policy)
+        self.world_cache.make_static(self.model.world)
+        for step in (self.policy_step, self.world_step):
+            step.compile(compile_mode)
 
     def action_logits(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        logits = self.model.policy(tokens, mask, self.policy_cache)
+        logits = self.policy_step(self.model, tokens, mask, self.policy_cache)
         if self.choose_prompt:
             self.choose_prompt = False
             return logits
@@ -245,6 +265,4 @@ class _BWAreaDecoder:
         if self.prompt_labels is not None:
             actions = torch.cat([self.prompt_labels, actions], dim=1)
             self.prompt_labels = None
-        world = self.model.world
-        hidden = world.hidden_states(tokens, self.model.codebook.embed(actions), mask, self.world_cache)
-        return world.lm_head(hidden[:, -1])
+        return self.world_step(self.model, tokens, mask, self.world_cache, actions)

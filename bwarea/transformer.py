@@ -12,6 +12,8 @@ counted over real tokens only, so a left-padded row sees the same positions as t
 from __future__ import annotations
 
 import math
+import weakref
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,9 +81,12 @@ class RotaryEmbedding(nn.Module):
     def max_positions(self) -> int:
         return self.cos.shape[0]
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (B, T) or (T,) -> cos, signed sin broadcastable to (B, T, heads, head_dim)."""
-        if positions.numel() and int(positions.max()) >= self.max_positions:
+    def forward(self, positions: torch.Tensor, checked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (B, T) or (T,) -> cos, signed sin broadcastable to (B, T, heads, head_dim).
+
+        checked=False skips the range check (a host sync) for callers that bound the positions themselves.
+        """
+        if checked and positions.numel() and int(positions.max()) >= self.max_positions:
             raise ValueError(
                 f"position {int(positions.max())} exceeds max_position_embeddings={self.max_positions}; "
                 "shorten the input or build the model with a larger max_position_embeddings."
@@ -94,21 +99,84 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -
     return (x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin).to(x.dtype)
 
 
+class _StaticBufferPool:
+    """Buffers of finished static caches, handed to the next static cache of the same shapes.
+
+    CUDA graphs replay on fixed addresses: a step recorded on one cache's buffers records again for
+    another's (and torch stops using CUDA graphs for a function after 128 such re-recordings), so each
+    `generate` call takes over the buffers of the previous one. Buffers come back when their cache is
+    garbage collected, filed under the network the cache served and their shapes, so a decoder's
+    caches get the buffers they had last time. Those of the `max_kinds` most recent kinds are kept
+    (the memory of that many caches stays allocated).
+    """
+
+    def __init__(self, max_kinds: int = 8):
+        self.max_kinds = max_kinds
+        self.free: OrderedDict[tuple, deque[list[torch.Tensor]]] = OrderedDict()
+
+    def take(self, kind: tuple) -> list[torch.Tensor] | None:
+        buffers = self.free.get(kind)
+        return buffers.popleft() if buffers else None
+
+    def give(self, kind: tuple, buffers: list[torch.Tensor]) -> None:
+        self.free.setdefault(kind, deque()).append(buffers)
+        self.free.move_to_end(kind)
+        while len(self.free) > self.max_kinds:
+            self.free.popitem(last=False)
+
+
+_STATIC_BUFFERS = _StaticBufferPool()
+
+
 class KVCache:
     """Preallocated keys and values for all layers of one trunk.
 
     `valid` marks which slots hold real tokens (left padding stays invalid) and `next_position`
     holds, per row, the rotary position the next token will get.
+
+    A *static* cache (after `make_static`) runs every single-token call as a decoding step whose shapes and
+    control flow never depend on how full it is, so torch.compile and CUDA graphs capture it once:
+    the slot index lives in a tensor (`slot`), the new keys are written with `index_copy_`, and the
+    query attends over all `capacity` slots with `valid` as the mask (unfilled slots are invalid).
+    Contract: on a static cache every single-token call is one real token per row (any mask is
+    ignored) and calls of several tokens (the prompt) come before the first single-token call.
     """
 
     def __init__(self, config: TransformerConfig, batch_size: int, max_length: int,
                  dtype: torch.dtype, device: torch.device | str):
-        shape = (config.num_layers, batch_size, config.num_kv_heads, max_length, config.head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (batch_size, config.num_kv_heads, max_length, config.head_dim)
+        # one tensor per layer, not views of one: a compiled step then updates each in place, where
+        # writing into a view of a graph input copies the whole layer every step
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
         self.valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=device)
         self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)  # `length` as a tensor, for static steps
         self.length = 0
+        self.static = False
+
+    def make_static(self, owner: nn.Module) -> None:
+        """Run single-token calls as static-shape steps from now on (call it before the first call; see above).
+
+        The buffers become those of an earlier static cache of the same `owner` (the network the cache
+        serves) and shapes if one was freed (`_StaticBufferPool`), zeroed, and are marked static for
+        torch.compile: CUDA graphs then update them in place instead of copying them in and out every step.
+        """
+        layers = len(self.keys)
+        buffers = [*self.keys, *self.values, self.valid, self.next_position, self.slot]
+        kind = (id(owner), layers, tuple(self.keys[0].shape), tuple(self.valid.shape), self.keys[0].dtype,
+                self.keys[0].device)
+        reused = _STATIC_BUFFERS.take(kind)
+        if reused is not None:
+            for buffer in reused:
+                buffer.zero_()
+            buffers = reused
+            self.keys, self.values = buffers[:layers], buffers[layers:2 * layers]
+            self.valid, self.next_position, self.slot = buffers[2 * layers:]
+        for buffer in buffers:
+            torch._dynamo.mark_static_address(buffer)
+        weakref.finalize(self, _STATIC_BUFFERS.give, kind, buffers)
+        self.static = True
 
     @property
     def capacity(self) -> int:
@@ -123,15 +191,37 @@ class KVCache:
         self.valid[:, start:start + steps] = token_mask
         positions = self.next_position[:, None] + token_mask.long().cumsum(-1) - 1
         positions = positions.clamp(min=0)
-        self.next_position = self.next_position + token_mask.long().sum(-1)
+        self.next_position += token_mask.long().sum(-1)
         self.length = start + steps
+        if self.static:
+            self.slot.fill_(self.length)
         return start, positions
 
-    def store(self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def reserve_token(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Claim the next slot for one real token per row (static caches); return the slot (1,) and positions (B, 1).
+
+        No host-side state changes (`length` stays at the prompt's end), so the caller bounds the slot
+        by the capacity it allocated.
+        """
+        slot, positions = self.slot.clone(), self.next_position[:, None].clone()
+        self.valid.index_fill_(1, slot, True)
+        self.next_position += 1
+        self.slot += 1
+        return slot, positions
+
+    def store(self, layer: int, start: int | torch.Tensor, keys: torch.Tensor,
+              values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write keys/values (B, kv_heads, T, head_dim) from slot `start`; return the layer's keys and values
+        up to the last written slot, or all `capacity` slots for a static step (`start` a tensor)."""
+        layer_keys, layer_values = self.keys[layer], self.values[layer]
+        if isinstance(start, torch.Tensor):
+            layer_keys.index_copy_(2, start, keys)
+            layer_values.index_copy_(2, start, values)
+            return layer_keys, layer_values
         end = start + keys.shape[2]
-        self.keys[layer, :, :, start:end] = keys
-        self.values[layer, :, :, start:end] = values
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        layer_keys[:, :, start:end] = keys
+        layer_values[:, :, start:end] = values
+        return layer_keys[:, :, :end], layer_values[:, :, :end]
 
 
 @dataclass
@@ -143,7 +233,7 @@ class AttentionInputs:
     mask: torch.Tensor | None  # (B, 1, T, K) bool, True = may attend; None = no padding to hide
     causal: bool               # with mask None: causal among the T new tokens (keys = queries), else see all keys
     cache: KVCache | None = None
-    start: int = 0
+    start: int | torch.Tensor = 0  # first cache slot of the new tokens; a (1,) tensor in a static step
 
 
 def _padding_aware_causal_mask(key_valid: torch.Tensor, start: int, steps: int) -> torch.Tensor:
@@ -229,6 +319,15 @@ class Transformer(nn.Module):
                          cache: KVCache | None = None) -> AttentionInputs:
         """Positions, rotary tables and mask for `input_ids` (B, T); reserves cache slots if a cache is given."""
         batch, steps = input_ids.shape
+        if cache is not None and cache.static and steps == 1:
+            # static step: positions never exceed slots, so a cache that fits the rotary tables needs no
+            # range check per step (a host sync)
+            if cache.capacity > self.rope.max_positions:
+                raise ValueError(f"a static KV cache of {cache.capacity} slots exceeds max_position_embeddings="
+                                 f"{self.rope.max_positions}; allocate at most that many slots.")
+            start, positions = cache.reserve_token()
+            cos, sin = self.rope(positions, checked=False)
+            return AttentionInputs(cos, sin, cache.valid[:, None, None, :], causal=False, cache=cache, start=start)
         if cache is not None:
             token_mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
             start, positions = cache.reserve(token_mask)

@@ -175,7 +175,7 @@ def answer_text(target: str) -> str:
 # Answer extraction and normalisation
 
 _ANSWER_IS = re.compile(r"answer is\s*:?", re.IGNORECASE)
-_NEXT_QUESTION = re.compile(r"\n\s*Q:")
+_NEXT_QUESTION = re.compile(r"(?:^|\n)\s*Q:")
 _OPTION = re.compile(r"\(([A-Z])\)")
 _OPTION_LINE = re.compile(r"^\(([A-Z])\)\s*(.*?)\s*$", re.MULTILINE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -196,17 +196,34 @@ def _last_match(pattern: re.Pattern, text: str) -> str | None:
     return matches[-1].group(0) if matches else None
 
 
-def extract_answer(text: str, task: str) -> str:
-    """The answer span of a reply (up to any new line starting "Q:"): what follows the last "answer is" on
-    its line, up to the end of that sentence, else the last thing that looks like an answer of the task's
-    type. "" if none."""
+def _fits(span: str, task: str, question: str | None) -> bool:
+    """Whether a span can be an answer of a task with a fixed answer set (types other than words/brackets)."""
+    answer_type = ANSWER_TYPES[task]
+    if answer_type == "choice":
+        return normalise(span, task, question).startswith("(")   # a letter, or an option's text
+    if answer_type in _WORD_PATTERNS:
+        return bool(_WORD_PATTERNS[answer_type].search(span))
+    if answer_type == "number":
+        return bool(_NUMBER.search(span)) or _plain(span) in _NUMBER_WORDS
+    return True
+
+
+def extract_answer(text: str, task: str, question: str | None = None) -> str:
+    """The answer span of a reply (up to any line starting "Q:", a prompt echo): what follows the last "answer
+    is" on its line, up to the end of that sentence, else the last thing that looks like an answer of the task's
+    type. Tasks with a fixed answer set (options, True/False, yes/no, valid/invalid, numbers) only accept a span
+    holding such an answer ("the answer is so that ..." is not one); with the question, an option's text counts
+    for its letter. "" if none."""
     answer_type = ANSWER_TYPES[_check_task(task)]
     text = _NEXT_QUESTION.split(text, maxsplit=1)[0]  # a model that runs on into a new question stops here
-    found = list(_ANSWER_IS.finditer(text))
-    if found:
-        span = text[found[-1].end():].split("\n", 1)[0]
+    spans = []
+    for found in _ANSWER_IS.finditer(text):
+        span = text[found.end():].split("\n", 1)[0]
         span = re.split(r"\.\s|\s+Q:", span, maxsplit=1)[0]
-        return span.strip(_EDGE_JUNK + " ")
+        spans.append(span.strip(_EDGE_JUNK + " "))
+    for span in reversed(spans):
+        if _fits(span, task, question):
+            return span
     if answer_type == "choice":
         return _last_match(_OPTION, text) or ""
     if answer_type in _WORD_PATTERNS:
@@ -263,7 +280,7 @@ def normalise(answer: str, task: str, question: str | None = None) -> str:
 
 def score(reply: str, item: Item, task: str) -> tuple[bool, str]:
     """(exact match, normalised prediction) of a reply to an item."""
-    prediction = normalise(extract_answer(reply, task), task, item.input)
+    prediction = normalise(extract_answer(reply, task, item.input), task, item.input)
     return prediction == normalise(item.target, task, item.input), prediction
 
 
@@ -326,7 +343,7 @@ class BBHEnv(TextEnv):
             raise RuntimeError("call reset() before step().")
         if self._done:
             return self._last_observation, 0.0, True, False, dict(self._info)
-        extracted = extract_answer(str(action), self.task)
+        extracted = extract_answer(str(action), self.task, self._item.input)
         correct, prediction = score(str(action), self._item, self.task)
         self._done = True
         self._info.update(target=self._item.target, extracted_answer=extracted, prediction=prediction,

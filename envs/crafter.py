@@ -2,7 +2,7 @@
 
     env = envs.make("crafter", seed=0)
     obs, info = env.reset(seed=1)
-    obs, reward, terminated, truncated, info = env.step("move west")   # any of the 17 names, tolerantly parsed
+    obs, reward, terminated, truncated, info = env.step("move west")   # any of the 17 names or an alias
 
 The observation lists, for every material or creature type in the 9x7 local view the player sees,
 the closest instance with its Manhattan distance and compass direction (north is up on the map);
@@ -18,6 +18,11 @@ map position first, so a seed and an action sequence always give the same game. 
 drawn unless asked for (`render_mode="rgb_array"`); at night crafter's renderer draws noise from the
 world's random generator, and without pixels the env draws the same numbers, so the game does not
 depend on whether images are drawn.
+
+Actions: ONE table, `ACTIONS`, used by the environment, the manual, the agents' prompts and their
+parser: crafter's 17 actions with the four moves named by compass direction ("move west", "move east",
+"move north", "move south"), the words the observation uses. crafter's own names ("move_left", ...)
+and other phrasings are aliases (`ACTION_ALIASES`, also given to agents as `info["action_aliases"]`).
 
 Reward is crafter's: +1 the first time each achievement unlocks in an episode, plus the health
 change / 10. `info["score"]` is the number of achievements unlocked this episode and
@@ -37,7 +42,9 @@ from crafter import constants, objects
 
 from envs.base import TextEnv
 
-ACTIONS: tuple[str, ...] = tuple(constants.actions)
+ENGINE_ACTIONS: tuple[str, ...] = tuple(constants.actions)      # crafter's names, in its index order
+COMPASS = {"move_left": "move west", "move_right": "move east", "move_up": "move north", "move_down": "move south"}
+ACTIONS: tuple[str, ...] = tuple(COMPASS.get(name, name) for name in ENGINE_ACTIONS)   # what agents read and write
 ACHIEVEMENTS: tuple[str, ...] = tuple(constants.achievements)
 VITALS = ("health", "food", "drink", "energy")
 TASK = ("Survive in the open world of Crafter and unlock as many of its 22 achievements as you can: "
@@ -51,11 +58,13 @@ NIGHT_BELOW = 0.5         # daylight under which crafter's renderer darkens the 
 # Actions: 17 names, parsed tolerantly
 
 def _action_aliases() -> dict[str, str]:
-    aliases = {name.replace("_", " "): name for name in ACTIONS}
-    for direction, compass in (("left", "west"), ("right", "east"), ("up", "north"), ("down", "south")):
-        for phrase in (direction, compass, f"move {compass}", f"go {direction}", f"go {compass}",
-                       f"walk {direction}", f"walk {compass}"):
-            aliases[phrase] = f"move_{direction}"
+    """alias (lower case, words separated by single spaces) -> action name in ACTIONS."""
+    aliases = {name.replace("_", " "): COMPASS.get(name, name) for name in ENGINE_ACTIONS}
+    aliases.update({name.replace("_", " "): name for name in ACTIONS})
+    for old, move in COMPASS.items():
+        direction, compass = old.removeprefix("move_"), move.removeprefix("move ")
+        for phrase in (direction, compass, f"go {direction}", f"go {compass}", f"walk {direction}", f"walk {compass}"):
+            aliases[phrase] = move
     for phrase in ("no op", "noop", "nothing", "wait", "idle", "do nothing", "stay"):
         aliases[phrase] = "noop"
     for phrase in ("interact", "collect", "attack", "use", "do action"):
@@ -312,4 +321,4 @@ class CrafterEnv(TextEnv):
             steps=self._engine._step, sleeping=player.sleeping, daylight=float(self._engine._world.daylight),
             position=(int(player.pos[0]), int(player.pos[1])),
         )
-        return dict(self._info)
+        return {**self._info, "action_aliases": dict(ACTION_ALIASES)}   # a fresh dict per call (gymnasium's rule)

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 from crafter import constants
 
-from envs.crafter import ACHIEVEMENTS
+from envs.crafter import ACHIEVEMENTS, ACTIONS, COMPASS
 
 STATIONS = tuple(constants.place)  # things that can be placed: stone, table, furnace, plant
-DIRECTIONS = {"left": "west", "right": "east", "up": "north", "down": "south"}
 # Achievements whose prerequisites come from the engine rather than data.yaml: a plant only exists
 # once a sapling has been placed.
 ENGINE_PREREQUISITES = {"eat_plant": ("place_plant",)}
@@ -147,7 +146,7 @@ def build_plan(achievement: str) -> tuple[Counter, list[str]]:
 def _action_lines() -> list[str]:
     walkable = _things(constants.walkable)
     blocking = _things([m for m in constants.materials if m not in constants.walkable and m != "lava"])
-    moves = [f"move_{direction} ({compass})" for direction, compass in DIRECTIONS.items()]
+    moves = [name for name in ACTIONS if name in COMPASS.values()]   # the action names agents use
     lines = ["- noop: do nothing for a step.",
              f"- {_join(moves)}: face that way and step into the next cell if it is {walkable} with nothing "
              f"standing on it ({blocking} block the way; stepping into lava kills you)."]

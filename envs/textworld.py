@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -238,6 +239,33 @@ class GameCache:
         finally:
             shutil.rmtree(temp, ignore_errors=True)
         return CachedGame(final, meta, from_cache=False)
+
+    def ensure(self, preset_name: str, seeds: list[int], workers: int = 1, progress: bool = False) -> int:
+        """Generate every game of `seeds` not in the cache yet, in `workers` processes (generation is single-threaded
+        and takes seconds per game); returns how many were generated. The cache's rename-into-place makes
+        concurrent generation safe."""
+        missing = [seed for seed in dict.fromkeys(seeds) if not (self.game_dir(preset_name, seed) / "meta.json").is_file()]
+        if not missing:
+            return 0
+        from tqdm import tqdm
+
+        jobs = [(str(self.directory), preset_name, seed) for seed in missing]
+        with tqdm(total=len(jobs), desc=f"generating {preset_name} games", unit="game", disable=not progress) as bar:
+            if workers <= 1 or len(jobs) == 1:
+                for job in jobs:
+                    _generate_into_cache(job)
+                    bar.update(1)
+            else:
+                # spawn: workers start clean (no inherited interpreter or thread state from the parent)
+                with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+                    for _ in pool.imap_unordered(_generate_into_cache, jobs):
+                        bar.update(1)
+        return len(missing)
+
+
+def _generate_into_cache(job: tuple[str, str, int]) -> None:
+    directory, preset_name, seed = job
+    GameCache(directory).get(preset_name, seed)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,10 +16,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("training.evaluate", "evaluate an agent on TextWorld / Crafter / BIG-Bench Hard: resumable, with a report"),
     "finetune": ("training.finetune", "fine-tune the cognitive policy (or the AR baseline) against game rewards: ReMax, PM-RLHF, PPO"),
     "generate": ("training.generate", "sample text from a saved model, showing the cognitive action behind each token"),
-    "quickstart": ("training.quickstart", "the whole story on a CPU in ~15 min: games, pretraining, ReMax, before/after table, SPRING demo"),
+    "quickstart": ("training.quickstart", "the whole story on a CPU in ~10 min: games, pretraining, ReMax, before/after table with a random agent, SPRING demo"),
     "play": ("training.play", "play an environment in the terminal, with an agent's suggestions, or watch an agent play"),
     "plot": ("training.plots", "PNG plots: training curves, evaluation bars, before/after-RL comparison, latent actions"),
     "pretrain": ("training.pretrain", "pretrain BWArea (stage 1: world model + inverse dynamics; stage 2: policy) or the AR baseline"),
+    "view": ("viewer.cli", "a local web app: replay episodes (frames, DAG, latent action per token), compare runs, watch live, play, curves"),
 }
 
 

@@ -30,7 +30,7 @@ Output directory:
     summary.json         metrics (mean ± standard error) with the exact settings beside them
     report.md            the same as Markdown tables
     plots/*.png          Crafter achievement bars, BIG-Bench Hard task bars, latent-action usage
-    invocations.jsonl    wall time and throughput of each invocation (kept out of the report)
+    invocations.jsonl    wall time, throughput and context-reading time of each invocation (kept out of the report)
 
 Resuming. Re-running the same command skips the episodes already in episodes.jsonl (a torn last line,
 left by a kill during a write, is dropped). A batch with a missing episode is played again in full
@@ -42,6 +42,16 @@ restarted from unit_seed(seed, environment, batch) before every batch). A remote
 sampling is not ours to seed, so only its greedy runs resume exactly; re-played episodes that differ
 from their record are reported on stderr. Episodes that raised an error are recorded with the error
 and tried again by the next invocation.
+
+Failing loudly. Before the first episode a language-model agent is built (a config error stops here)
+and its backend answers one tiny request (a health check; a wrong port or a dead server stops here),
+and SPRING's reading step runs (its time is reported on its own, not as step latency); nothing is
+written to the output directory before these pass. During play, a circuit breaker stops the
+evaluation once `max_failed_rounds` consecutive backend rounds failed entirely: one error naming the
+server and the last failure, exit status 3, finished episodes kept. An episode in which any backend
+request failed is recorded with `"faulted": true` (its failed steps took the fallback action); the
+next invocation replays it (with its batch) unless `--keep_faulted true`, and the report says how many
+remain. Progress is shown per environment step, with live parse / fallback / fault counters.
 
 Metric definitions: training/metrics.py; user guide: docs/evaluation.md.
 """
@@ -70,6 +80,7 @@ from tqdm.auto import tqdm
 import agents
 import envs
 from agents.factory import AGENTS
+from agents.llm import BackendUnavailable
 from bwarea.checkpoint import atomic_write_text
 from training.metrics import Estimate, bbh_metrics, crafter_metrics, textworld_metrics
 from training.rollout import describe_error
@@ -118,6 +129,8 @@ class EvaluationConfig:
     plots: bool = True
     overwrite: bool = False
     progress: bool = True
+    keep_faulted: bool = False
+    max_failed_rounds: int = 3
 
     def __post_init__(self) -> None:
         if isinstance(self.suite, str):
@@ -134,6 +147,8 @@ class EvaluationConfig:
             raise EvaluationError(f"batch_size must be at least 1, got {self.batch_size}.")
         if self.max_steps is not None and self.max_steps < 1:
             raise EvaluationError(f"max_steps must be at least 1 (or unset for each environment's own), got {self.max_steps}.")
+        if self.max_failed_rounds < 1:
+            raise EvaluationError(f"max_failed_rounds must be at least 1, got {self.max_failed_rounds}.")
         if self.traces not in TRACE_MODES:
             raise EvaluationError(f"traces {self.traces!r} is unknown; choose one of {', '.join(TRACE_MODES)}.")
 
@@ -422,19 +437,22 @@ class EpisodeRecorder:
         if record["family"] == "bbh":
             record["correct"] = bool(self.info.get("won", False))
         record.update(final_observation=self.observation, trajectory=self.trajectory, agent_stats=stats,
-                      faults=self.faults,
+                      faults=self.faults, faulted=bool(self.faults),
                       latent_actions={str(k): v for k, v in sorted(self.latent_actions.items())},
                       traces=self.traces, error=self.error)
         return json.loads(json.dumps(record, default=_jsonable))   # plain JSON types, as read back from disk
 
 
 def play_batch(agent: agents.Agent, environments: Sequence[Any], unit: Unit, trace_mode: str,
-               on_episode: Callable[[dict[str, Any]], None]) -> None:
-    """Play one unit: its episodes side by side, one `act_batch` per step; `on_episode(record)` as each ends.
+               on_episode: Callable[[dict[str, Any]], None],
+               on_step: Callable[[Sequence[agents.StepTrace]], None] | None = None) -> None:
+    """Play one unit: its episodes side by side, one `act_batch` per step; `on_step(traces)` after each step,
+    `on_episode(record)` as each episode ends.
 
     An exception while stepping (a crashed game, an agent bug) ends the batch: each unfinished episode is
     recorded with the error (and retried by the next invocation). Errors at reset propagate: they mean the
-    agent or environment cannot be used at all (e.g. the walkthrough agent outside TextWorld).
+    agent or environment cannot be used at all (e.g. the walkthrough agent outside TextWorld); so does
+    BackendUnavailable (the circuit breaker), leaving the unfinished episodes unrecorded for the next run.
     """
     batch = envs.BatchEnv(environments)
     observations, infos = batch.reset(unit.env_seeds)
@@ -447,6 +465,8 @@ def play_batch(agent: agents.Agent, environments: Sequence[Any], unit: Unit, tra
         try:
             actions = agent.act_batch(observations, infos, active)
             observations, rewards, terminated, truncated, infos = batch.step(actions)
+        except BackendUnavailable:
+            raise
         except Exception as error:  # noqa: BLE001 - recorded in the episodes, which the next invocation retries
             message = describe_error(error)
             for i, recorder in enumerate(recorders):
@@ -454,6 +474,8 @@ def play_batch(agent: agents.Agent, environments: Sequence[Any], unit: Unit, tra
                     recorder.error = message
                     on_episode(recorder.record())
             return
+        if on_step is not None:
+            on_step(agent.last_traces)
         traces = {trace.env_index: trace for trace in agent.last_traces}
         for i, recorder in enumerate(recorders):
             if active[i]:
@@ -536,8 +558,8 @@ def summarize(records: Sequence[Mapping[str, Any]], settings: Mapping[str, Any])
         own = [r for r in records if r["env"] == name]
         good = [r for r in own if r.get("error") is None]
         entry: dict[str, Any] = {"family": family_of(name), "planned": planned, "completed": len(good),
-                                 "errored": len(own) - len(good), "errors": sorted({r["error"] for r in own if r.get("error")}),
-                                 "metrics": {}}
+                                 "faulted": sum(is_faulted(r) for r in good), "errored": len(own) - len(good),
+                                 "errors": sorted({r["error"] for r in own if r.get("error")}), "metrics": {}}
         if good:
             family = family_of(name)
             if family == "textworld":
@@ -551,7 +573,11 @@ def summarize(records: Sequence[Mapping[str, Any]], settings: Mapping[str, Any])
                 bbh_correct[name] = [r["correct"] for r in good]
         totals = {key: sum(r["agent_stats"].get(key, 0) for r in good)
                   for key in ("steps", "parse_failures", "fallbacks", "faults", "tokens_in", "tokens_out")}
-        entry["agent"] = totals
+        provenance: dict[str, int] = {}
+        for record in good:
+            for how, count in (record["agent_stats"].get("provenance") or {}).items():
+                provenance[how] = provenance.get(how, 0) + count
+        entry["agent"] = {**totals, "provenance": dict(sorted(provenance.items()))}
         for record in good:
             for action, count in record.get("latent_actions", {}).items():
                 latent_total[action] = latent_total.get(action, 0) + count
@@ -584,30 +610,37 @@ def render_report(summary: Mapping[str, Any]) -> str:
     out = [f"# Evaluation of agent `{settings['agent']['type']}` ({settings['agent']['source']})", ""]
     if not summary["complete"]:
         out += ["**Incomplete**: some planned episodes are missing or errored; re-run the same command to finish.", ""]
+    faulted = sum(entry.get("faulted", 0) for entry in environments.values())
+    if faulted:
+        out += [f"**{faulted} episode(s) contain backend faults** (steps that took the fallback action after a failed "
+                "request); re-running the same command replays them, --keep_faulted true keeps them.", ""]
     out += ["Numbers are mean ± standard error over episodes (items for BIG-Bench Hard); n = episodes.", ""]
 
     if "textworld" in by_family:
         out += ["## TextWorld", "",
-                "| environment | n | textworld_normalised_score (%) | textworld_success_rate (%) | reward | steps |",
-                "|---|---|---|---|---|---|"]
+                "| environment | n | textworld_normalised_score (%) | textworld_success_rate (%) | "
+                "balrog_progression (%) | reward | steps |",
+                "|---|---|---|---|---|---|---|"]
         for name in by_family["textworld"]:
             m = environments[name]["metrics"]
             out.append(f"| {name} | {environments[name]['completed']} | {_cell(m.get('textworld_normalised_score'))} | "
-                       f"{_cell(m.get('textworld_success_rate'))} | {_cell(m.get('episode_reward'), 2)} | "
-                       f"{_cell(m.get('episode_steps'))} |")
+                       f"{_cell(m.get('textworld_success_rate'))} | {_cell(m.get('balrog_progression'))} | "
+                       f"{_cell(m.get('episode_reward'), 2)} | {_cell(m.get('episode_steps'))} |")
         out += ["", line, ""]
 
     if "crafter" in by_family:
         out += ["## Crafter", "",
-                "| environment | n | crafter_score (%) | crafter_reward | crafter_achievement_fraction (%) | steps |",
+                "| environment | n | crafter_score (%) | balrog_progression (%) | crafter_reward | steps |",
                 "|---|---|---|---|---|---|"]
         for name in by_family["crafter"]:
             m = environments[name]["metrics"]
             out.append(f"| {name} | {environments[name]['completed']} | {_cell(m.get('crafter_score'), 2)} | "
-                       f"{_cell(m.get('crafter_reward'), 2)} | {_cell(m.get('crafter_achievement_fraction'))} | "
+                       f"{_cell(m.get('balrog_progression'))} | {_cell(m.get('crafter_reward'), 2)} | "
                        f"{_cell(m.get('episode_steps'))} |")
         out += ["", "crafter_score is the geometric mean exp(mean_i ln(1 + s_i)) - 1 over the 22 success rates s_i (%); "
-                "crafter_achievement_fraction is the arithmetic mean share of achievements unlocked per episode.", ""]
+                "balrog_progression is BALROG's metric, the mean share of the 22 achievements unlocked per episode "
+                "(also stored as crafter_achievement_fraction). The two are different numbers: compare each only with "
+                "its own kind.", ""]
         for name in by_family["crafter"]:
             rates = environments[name].get("achievement_success_rates")
             if rates:
@@ -628,12 +661,29 @@ def render_report(summary: Mapping[str, Any]) -> str:
         out += ["", f"BBH: {settings['environments'][by_family['bbh'][0]]['options'].get('shots', 0)}-shot prompts, "
                 "exact match after normalisation; the macro average weighs every task equally.", "", line, ""]
 
-    faults = {name: e for name, e in environments.items() if e["errored"] or e["agent"]["faults"] or e["agent"]["parse_failures"]}
+    provenance = {name: e["agent"].get("provenance") or {} for name, e in environments.items()}
+    if any(provenance.values()):
+        kinds = ["exact", "word", "fuzzy", "choice", "fallback"]
+        others = sorted({k for counts in provenance.values() for k in counts} - set(kinds))
+        out += ["## How actions were obtained", "",
+                "| environment | steps | " + " | ".join(f"{k} (%)" for k in kinds + others) + " |",
+                "|---|---|" + "---|" * len(kinds + others)]
+        for name, counts in provenance.items():
+            total = sum(counts.values())
+            if total:
+                out.append(f"| {name} | {total} | " + " | ".join(f"{100.0 * counts.get(k, 0) / total:.1f}"
+                                                            for k in kinds + others) + " |")
+        out += ["", "exact: the answer is an action name or alias; word: a name found in the answer; fuzzy: a "
+                "misspelt short answer; choice: picked among the valid actions by likelihood; fallback: a failed "
+                "request or an unparseable answer.", ""]
+
+    faults = {name: e for name, e in environments.items()
+              if e["errored"] or e.get("faulted") or e["agent"]["faults"] or e["agent"]["parse_failures"]}
     if faults:
-        out += ["## Faults", "", "| environment | errored episodes | steps with backend faults | parse failures | fallbacks |",
-                "|---|---|---|---|---|"]
-        out += [f"| {name} | {e['errored']} | {e['agent']['faults']} | {e['agent']['parse_failures']} | "
-                f"{e['agent']['fallbacks']} |" for name, e in faults.items()]
+        out += ["## Faults", "", "| environment | errored episodes | faulted episodes | steps with backend faults | "
+                "parse failures | fallbacks |", "|---|---|---|---|---|---|"]
+        out += [f"| {name} | {e['errored']} | {e.get('faulted', 0)} | {e['agent']['faults']} | "
+                f"{e['agent']['parse_failures']} | {e['agent']['fallbacks']} |" for name, e in faults.items()]
         errors = sorted({error for e in faults.values() for error in e["errors"]})
         out += [""] + [f"- error: `{error}`" for error in errors] + ([""] if errors else [])
 
@@ -645,9 +695,10 @@ def render_report(summary: Mapping[str, Any]) -> str:
 # Running an evaluation
 
 class AgentFactory:
-    """Fresh agents per unit; a language-model backend is loaded once and shared, its sampling restarted per unit."""
+    """Fresh agents per unit; a language-model backend is loaded once and shared, its sampling restarted per unit,
+    and so is the agent's context (SPRING's reading step runs once)."""
 
-    def __init__(self, resolved: Mapping[str, Any]) -> None:
+    def __init__(self, resolved: Mapping[str, Any], max_failed_rounds: int | None = None) -> None:
         self.config = dict(resolved)
         kind = self.config["agent"]["type"]
         if kind == "human":
@@ -656,7 +707,21 @@ class AgentFactory:
             raise EvaluationError(f"agent type {kind!r} is unknown; choose one of {', '.join(AGENTS)}.")
         config_class, _, self.needs_backend = AGENTS[kind]
         self.own_seed = "seed" in {f.name for f in dataclasses.fields(config_class)}
+        self.max_failed_rounds = max_failed_rounds
         self._backend: agents.Backend | None = None
+        self.context: Any = None          # what the agent's prepare() built (SPRING: a ContextResult), shared
+        self.context_s: float | None = None
+
+    def prepare(self) -> None:
+        """Everything that can fail before the first episode: build an agent (checks its config), load the backend,
+        health-check it, and run the agent's one-off preparation (SPRING's reading step), timed on its own."""
+        agent = self.make(Unit("", 0, 0, [], []))
+        if self._backend is not None:
+            self._backend.check()
+        start = time.perf_counter()
+        self.context = agent.prepare()
+        if self.context is not None:
+            self.context_s = time.perf_counter() - start
 
     def make(self, unit: Unit) -> agents.Agent:
         overrides = {"agent": {"seed": unit_seed(unit.seed, unit.env, unit.batch)}} if self.own_seed else {}
@@ -664,9 +729,13 @@ class AgentFactory:
             return agents.make_agent(self.config, overrides=overrides)
         if self._backend is None:
             self._backend = agents.make_backend(self.config["backend"])
+            self._backend.max_failed_rounds = self.max_failed_rounds
         # a batch's samples must not depend on the batches before it, or a resumed run would draw differently
         self._backend.reseed(unit_seed(unit.seed, unit.env, unit.batch))
-        return agents.make_agent(self.config, backend=self._backend, overrides=overrides)
+        agent = agents.make_agent(self.config, backend=self._backend, overrides=overrides)
+        if self.context is not None:
+            agent.context = self.context
+        return agent
 
     def close(self) -> None:
         if self._backend is not None:
@@ -677,7 +746,8 @@ def default_out(config: EvaluationConfig, names: Sequence[str]) -> Path:
     stem = Path(config.agent).stem if isinstance(config.agent, str) else "agent"
     # every setting that changes the episodes (not where files go or how progress is shown)
     shaping = {k: v for k, v in dataclasses.asdict(config).items()
-               if k not in ("suite", "out", "overwrite", "progress", "plots", "textworld_cache_dir")}
+               if k not in ("suite", "out", "overwrite", "progress", "plots", "textworld_cache_dir", "keep_faulted",
+                            "max_failed_rounds")}
     key = _canonical_sha256([shaping, list(names)])[:8]
     return Path("runs") / "evaluate" / f"{stem}-{key}"
 
@@ -689,30 +759,55 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [prefix.rstrip(".")] if old != new else []
 
 
-def prepare_directory(out: Path, settings: Mapping[str, Any], overwrite: bool) -> None:
-    """Create `out` with evaluation.json, or check that an earlier evaluation there used the same settings."""
-    settings_path = out / SETTINGS_FILE
-    ours = [SETTINGS_FILE, EPISODES_FILE, SUMMARY_FILE, REPORT_FILE, INVOCATIONS_FILE]
+def check_directory(out: Path, settings: Mapping[str, Any], overwrite: bool) -> bool:
+    """Whether `out` holds an earlier evaluation with the same settings to resume (False: start afresh); raise
+    EvaluationError when it holds one that cannot be resumed. Writes nothing."""
     if overwrite:
-        for name in ours:
-            (out / name).unlink(missing_ok=True)
-        for png in (out / PLOTS_DIR).glob("*.png"):
-            png.unlink()
-    settings_json = json.loads(json.dumps(settings, default=str))
+        return False
+    settings_path = out / SETTINGS_FILE
     if settings_path.is_file():
-        previous = json.loads(settings_path.read_text())
-        changed = _differences(previous, settings_json)
+        changed = _differences(json.loads(settings_path.read_text()), json.loads(json.dumps(settings, default=str)))
         if changed:
             raise EvaluationError(
                 f"{out} holds an evaluation with other settings ({', '.join(changed[:6])}"
                 f"{', ...' if len(changed) > 6 else ''} differ); resume it with the same settings, choose another "
                 "--out, or pass --overwrite true to start it afresh.")
-        return
+        return True
     if (out / EPISODES_FILE).exists():
         raise EvaluationError(f"{out / EPISODES_FILE} exists without {SETTINGS_FILE}; it is not an evaluation this "
                               "command can resume. Choose another --out or pass --overwrite true.")
+    return False
+
+
+def prepare_directory(out: Path, settings: Mapping[str, Any], overwrite: bool) -> None:
+    """Create `out` with evaluation.json (after `check_directory`); with `overwrite`, delete an earlier evaluation."""
+    if overwrite:
+        for name in (SETTINGS_FILE, EPISODES_FILE, SUMMARY_FILE, REPORT_FILE, INVOCATIONS_FILE):
+            (out / name).unlink(missing_ok=True)
+        for png in (out / PLOTS_DIR).glob("*.png"):
+            png.unlink()
+    if check_directory(out, settings, overwrite=False):
+        return
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(settings_path, json.dumps(settings_json, indent=2) + "\n")
+    atomic_write_text(out / SETTINGS_FILE, json.dumps(json.loads(json.dumps(settings, default=str)), indent=2) + "\n")
+
+
+def is_faulted(record: Mapping[str, Any]) -> bool:
+    """An episode in which some backend request failed (records written before the field: any step fault)."""
+    return bool(record.get("faulted", (record.get("agent_stats") or {}).get("faults", 0)))
+
+
+def latest_records(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """Per episode, the record that counts: a fault-free one if any (the first), else the latest faulted one;
+    errored records never count."""
+    chosen: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for record in records:
+        if record.get("error") is not None:
+            continue
+        key = episode_key(record)
+        if key not in chosen or is_faulted(chosen[key]):
+            chosen[key] = dict(record)
+    return chosen
 
 
 def _ensure_textworld_games(units: Sequence[Unit], config: EvaluationConfig) -> None:
@@ -730,10 +825,11 @@ def _ensure_textworld_games(units: Sequence[Unit], config: EvaluationConfig) -> 
 
 
 def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
-    """Run (or resume) the evaluation described by `config`; write and return the summary."""
+    """Run (or resume) the evaluation described by `config`; write and return the summary. Raises
+    BackendUnavailable when the health check fails or the circuit breaker trips (finished episodes are kept)."""
     names = expand_suite(config.suite)
     resolved = agents.load_config(config.agent, config.agent_overrides)
-    factory = AgentFactory(resolved)
+    factory = AgentFactory(resolved, config.max_failed_rounds)
     pools: dict[str, list[Any]] = {}
 
     def environments(name: str, count: int) -> list[Any]:
@@ -759,28 +855,54 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
     units = plan_units(names, config, sizes)
     settings = build_settings(config, names, resolved, units, resolved_options)
     out = Path(config.out) if config.out else default_out(config, names)
-    prepare_directory(out, settings, config.overwrite)
     episodes_path = out / EPISODES_FILE
-    repair_torn_line(episodes_path)
+    resuming = check_directory(out, settings, config.overwrite)
 
-    done: dict[tuple[str, int, int], dict[str, Any]] = {}
-    for record in read_episodes(episodes_path):
-        if record.get("error") is None:
-            done.setdefault(episode_key(record), record)
-    pending = [unit for unit in units if any(key not in done for key in unit.keys())]
+    done = latest_records(read_episodes(episodes_path)) if resuming else {}
+
+    def settled(key: tuple[str, int, int]) -> bool:
+        return key in done and (config.keep_faulted or not is_faulted(done[key]))
+
+    pending = [unit for unit in units if not all(settled(key) for key in unit.keys())]
     planned = sum(len(unit.episodes) for unit in units)
-    if any(family_of(unit.env) == "textworld" for unit in pending):
-        _ensure_textworld_games(pending, config)
+    try:
+        if pending:   # nothing is written before the agent, its backend and its context are known to work
+            factory.prepare()
+            if factory.context_s is not None and config.progress:
+                print(f"bwarea evaluate: the agent's context took {factory.context_s:.1f} s (reading step or cache); "
+                      "step latencies exclude it.", file=sys.stderr)
+            errors = getattr(factory.context, "errors", None)
+            if errors:
+                print(f"bwarea evaluate: {len(errors)} request(s) of the reading step failed (e.g. {errors[0]}); the "
+                      "context is incomplete and was not cached.", file=sys.stderr)
+        prepare_directory(out, settings, config.overwrite)
+        repair_torn_line(episodes_path)
+        if any(family_of(unit.env) == "textworld" for unit in pending):
+            _ensure_textworld_games(pending, config)
+    except BaseException:
+        factory.close()
+        _close_all(pools)
+        raise
 
     started, steps_played, episodes_played, mismatches = time.perf_counter(), 0, 0, 0
-    progress = tqdm(total=planned, initial=sum(key in done for unit in units for key in unit.keys()),
+    counters = {"steps": 0, "parsed": 0, "fallbacks": 0, "faults": 0}
+    progress = tqdm(total=planned, initial=sum(settled(key) for unit in units for key in unit.keys()),
                     desc="evaluate", unit="episode", disable=not config.progress)
+
+    def on_step(traces: Sequence[agents.StepTrace]) -> None:
+        for trace in traces:
+            counters["steps"] += 1
+            counters["parsed"] += trace.provenance in ("exact", "word", "fuzzy", "choice")
+            counters["fallbacks"] += trace.fallback
+            counters["faults"] += bool(trace.faults)
+        progress.set_postfix_str(f"step {counters['steps']}, parsed {counters['parsed']}, "
+                                 f"fallbacks {counters['fallbacks']}, faults {counters['faults']}")
 
     def on_episode(record: dict[str, Any]) -> None:
         nonlocal steps_played, episodes_played, mismatches
         key = episode_key(record)
         steps_played += record["steps"]
-        if key in done:
+        if settled(key):
             if not same_outcome(done[key], record):
                 mismatches += 1
                 tqdm.write(f"bwarea evaluate: re-played episode {key} differs from its record (the agent is not "
@@ -791,24 +913,27 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
         if record.get("error") is None:
             done[key] = record
             progress.update(1)
+            if record["faulted"]:
+                tqdm.write(f"bwarea evaluate: episode {key} had backend faults ({len(record['faults'])}); the next run "
+                           "replays it (--keep_faulted true keeps it).", file=sys.stderr)
         else:
             tqdm.write(f"bwarea evaluate: episode {key} failed: {record['error']}", file=sys.stderr)
 
     try:
         for unit in pending:
-            play_batch(factory.make(unit), environments(unit.env, len(unit.episodes)), unit, config.traces, on_episode)
+            play_batch(factory.make(unit), environments(unit.env, len(unit.episodes)), unit, config.traces, on_episode,
+                       on_step)
     finally:
         progress.close()
         factory.close()
-        for pool in pools.values():
-            for env in pool:
-                env.close()
+        _close_all(pools)
         elapsed = time.perf_counter() - started
         if pending:
             append_line(out / INVOCATIONS_FILE, {
                 "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "wall_s": round(elapsed, 3), "episodes": episodes_played, "steps": steps_played,
                 "steps_per_s": round(steps_played / elapsed, 2) if elapsed > 0 else None,
+                "context_s": None if factory.context_s is None else round(factory.context_s, 3),
                 "replayed_mismatches": mismatches})
 
     planned_keys = [key for unit in units for key in unit.keys()]
@@ -822,6 +947,12 @@ def run_evaluation(config: EvaluationConfig) -> dict[str, Any]:
         from training.plots import plot_evaluation
         plot_evaluation(summary, out / PLOTS_DIR)
     return summary
+
+
+def _close_all(pools: Mapping[str, list[Any]]) -> None:
+    for pool in pools.values():
+        for env in pool:
+            env.close()
 
 
 def evaluate(agent_config: str | Mapping[str, Any], suite: Sequence[str], episodes: int = 10,
@@ -888,7 +1019,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--plots", type=bool, default=defaults.plots, help="Write PNG plots of the results to <out>/plots.")
     parser.add_argument("--overwrite", type=bool, default=defaults.overwrite,
                         help="Delete an earlier evaluation in --out and start afresh.")
-    parser.add_argument("--progress", type=bool, default=defaults.progress, help="Show progress bars.")
+    parser.add_argument("--progress", type=bool, default=defaults.progress,
+                        help="Show progress (per environment step, with parse / fallback / fault counters).")
+    parser.add_argument("--keep_faulted", type=bool, default=defaults.keep_faulted,
+                        help="Keep recorded episodes that contain backend faults instead of replaying them.")
+    parser.add_argument("--max_failed_rounds", type=int, default=defaults.max_failed_rounds,
+                        help="Circuit breaker: stop (exit 3) after this many consecutive backend rounds in which "
+                             "every request failed.")
     return parser
 
 
@@ -902,16 +1039,23 @@ def parse_config(argv: list[str] | None = None) -> EvaluationConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 complete; 1 incomplete (missing, errored or, without --keep_faulted, faulted episodes);
+    2 bad settings; 3 backend unavailable (health check failed or circuit breaker tripped)."""
     try:
         config = parse_config(argv)
         summary = run_evaluation(config)
+    except BackendUnavailable as error:
+        print(f"bwarea evaluate: {error}. Finished episodes are kept; re-run the same command once the backend "
+              "works.", file=sys.stderr)
+        return 3
     except (ValueError, FileNotFoundError, FileExistsError, yaml.YAMLError) as error:
         print(f"bwarea evaluate: {error}", file=sys.stderr)
         return 2
     print(render_report(summary).split("## Settings")[0].rstrip())
     out = Path(config.out) if config.out else default_out(config, summary["settings"]["suite"])
     print(f"\nwrote {out / SUMMARY_FILE}, {out / REPORT_FILE} and {out / EPISODES_FILE}")
-    return 0 if summary["complete"] else 1
+    faulted = sum(entry.get("faulted", 0) for entry in summary["environments"].values())
+    return 0 if summary["complete"] and (config.keep_faulted or not faulted) else 1
 
 
 if __name__ == "__main__":

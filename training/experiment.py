@@ -21,12 +21,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 import bwarea
 import envs
 from bwarea.checkpoint import atomic_write_text
+from bwarea.device import resolve_device
+from training.hardware import usable_cores
 from training.metrics import Estimate, estimate
 from training.rollout import Episode, RolloutConfig, RolloutEngine
 from training.runs import RunDirectory, UserError
@@ -59,7 +60,7 @@ class PretrainBudget:
     policy_steps: int = 200
     learning_rate: float = 2e-3
     warmup_steps: int = 20
-    precision: str = "bf16-mixed"
+    precision: str = "auto"
     val_fraction: float = 0.1
     val_check_interval: int = 100
     val_blocks: int = 32
@@ -80,7 +81,8 @@ class PretrainBudget:
 
 @dataclass
 class FinetuneBudget:
-    """RL settings shared by BWArea (policy only) and the AR baseline (all weights)."""
+    """RL settings shared by BWArea (policy only) and the AR baseline (all weights); accelerator and precision are
+    Lightning's (auto: the GPU if there is one; bf16-mixed where bf16 is native, else 32-true)."""
 
     env: str = "textworld/coin-easy"
     env_options: dict[str, Any] = field(default_factory=dict)
@@ -94,21 +96,32 @@ class FinetuneBudget:
     tuning: str = "full"
     lora: dict[str, Any] | None = None
     accelerator: str = "auto"
+    precision: str = "auto"
     progress: bool = True
     seed: int = 0
 
 
+def ensure_games(preset: str, split: str, games: int, cache_dir: str | None = None, progress: bool = True) -> int:
+    """Generate (once, into the game cache) games 0..games-1 of a TextWorld split, one process per core."""
+    from envs.textworld import GameCache, game_seed
+
+    seeds = [game_seed(split, index) for index in range(games)]
+    return GameCache(cache_dir).ensure(preset, seeds, workers=usable_cores(), progress=progress)
+
+
 def build_corpus(presets: Sequence[str], games: int, out: Path, cache_dir: str | None = None,
                  exploratory_per_game: int = 2, progress: bool = True) -> Path:
-    """TextWorld training-split transcripts (`bwarea data textworld`), built once under `out`."""
+    """TextWorld training-split transcripts (`bwarea data textworld`), built once under `out`, one process per core."""
     from envs.corpus import DirtyConfig, OutputConfig, TextWorldCorpusConfig, build_textworld_corpus
 
     plan = jsonable({"presets": list(presets), "games": games, "exploratory_per_game": exploratory_per_game})
     if not (out / "manifest.json").is_file() or _recorded_plan(out) != plan:
+        for preset in presets:
+            ensure_games(preset, "train", games, cache_dir, progress)
         build_textworld_corpus(
             TextWorldCorpusConfig(presets=list(presets), games=games, exploratory_per_game=exploratory_per_game,
                                   cache_dir=cache_dir),
-            OutputConfig(out=str(out), progress=progress, overwrite=True), DirtyConfig())
+            OutputConfig(out=str(out), progress=progress, overwrite=True, workers=usable_cores()), DirtyConfig())
         _record_plan(out, plan)
     return out
 
@@ -213,8 +226,10 @@ def finetune(export: Path, root: Path, name: str, budget: FinetuneBudget) -> Pat
     """ReMax (or another objective) on the training split; returns the fine-tuned export."""
     from training.finetune import run
 
-    plan = {key: value for key, value in asdict(budget).items() if key not in ("progress", "accelerator")}
+    plan = {key: value for key, value in asdict(budget).items() if key not in ("progress", "accelerator", "precision")}
     plan["env_options"] = {key: value for key, value in budget.env_options.items() if key != "cache_dir"}
+    if not budget.rollout.compile:  # a setting added later enters the plan only when set, so older runs still match
+        del plan["rollout"]["compile"]
     _check_plan(root / name, {**plan, "pretrained": str(Path(export).resolve())})
     if not _finished(root, name):
         config = {
@@ -228,7 +243,7 @@ def finetune(export: Path, root: Path, name: str, budget: FinetuneBudget) -> Pat
                       "learning_rate": budget.learning_rate, "seed": budget.seed, "tuning": budget.tuning,
                       **({"lora": budget.lora} if budget.lora else {})},
             "trainer": {"enable_progress_bar": budget.progress, "enable_model_summary": False, "log_every_n_steps": 1,
-                        "accelerator": budget.accelerator},
+                        "accelerator": budget.accelerator, "precision": budget.precision},
         }
         resume = _resume_arguments(root, name)
         config["run"].update(resume.pop("run", {}))
@@ -281,17 +296,17 @@ def evaluate_policy(export: Path, env: str, seeds: Iterable[int], env_options: d
                     device: str | None = None) -> tuple[PolicyEvaluation, list[Episode]]:
     """Play one episode per seed with the model as the policy (greedy actions by default), on `device`
     (default: the GPU when there is one)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = bwarea.load_pretrained(export, map_location=device).eval()
+    model = bwarea.load_pretrained(export, map_location=resolve_device(device or "auto")).eval()
     engine = RolloutEngine(model, bwarea.load_tokenizer(export), rollout or RolloutConfig(max_turns=8, max_new_tokens=12))
     options = dict(env_options or {})
     seeds = list(seeds)
-    generator = torch.Generator(device=device).manual_seed(generator_seed)
     episodes: list[Episode] = []
     with tqdm(total=len(seeds), desc=f"evaluating on {env}", unit="episode", disable=not progress) as bar:
         for start in range(0, len(seeds), batch_size):
-            episodes += engine.run(lambda: envs.make(env, **options), seeds[start:start + batch_size], greedy=greedy,
-                                   generator=generator)
+            chunk = seeds[start:start + batch_size]
+            # per position, not per game: the same game listed twice is two independent samples
+            episodes += engine.run(lambda: envs.make(env, **options), chunk, greedy=greedy,
+                                   sampling_seeds=[generator_seed * 1_000_003 + start + i for i in range(len(chunk))])
             bar.update(len(seeds[start:start + batch_size]))
     kept = [e for e in episodes if not e.dropped]
     if not kept:
@@ -300,26 +315,33 @@ def evaluate_policy(export: Path, env: str, seeds: Iterable[int], env_options: d
                             estimate([100.0 * e.normalised_score for e in kept], "%"), len(episodes) - len(kept)), episodes
 
 
-def random_agent_success(env: str, seeds: Iterable[int], env_options: dict[str, Any] | None = None,
-                         max_turns: int = 8, seed: int = 0) -> Estimate:
-    """Held-out success (%) of the uniformly random agent (agents.baselines.RandomAgent: uniform over the
-    admissible actions, i.e. the valid answers or commands) on the same episodes a model is evaluated on."""
+def random_agent_evaluation(env: str, seeds: Iterable[int], env_options: dict[str, Any] | None = None,
+                            max_turns: int = 8, seed: int = 0, samples: int = 16) -> PolicyEvaluation:
+    """Held-out success and normalised score (%) of the uniformly random agent (agents.baselines.RandomAgent:
+    uniform over the admissible actions, i.e. the valid answers or commands) on the episodes a model is evaluated
+    on. Each episode is played `samples` times with different agent seeds and averaged, so the estimate's standard
+    error is over episodes (games) only: one random play per game varies a lot (0-25 % on the quickstart's games)."""
     from agents.baselines import RandomAgent, RandomAgentConfig
 
-    agent = RandomAgent(RandomAgentConfig(seed=seed))
-    wins = []
-    for episode_seed in seeds:
-        environment = envs.make(env, **dict(env_options or {}))
-        try:
-            observation, info = environment.reset(seed=int(episode_seed))
-            agent.reset(info)
-            won = False
-            for _ in range(max_turns):
-                observation, _, terminated, truncated, info = environment.step(agent.act(observation, info))
-                won = bool(info.get("won", False))
-                if terminated or truncated:
-                    break
-            wins.append(100.0 * won)
-        finally:
-            environment.close()
-    return estimate(wins, "%")
+    wins, scores = [], []
+    environment = envs.make(env, **dict(env_options or {}))
+    try:
+        for episode_seed in seeds:
+            game_wins, game_scores = [], []
+            for sample in range(samples):
+                # a stream per (game, sample): shared streams would make the games' outcomes correlated
+                agent = RandomAgent(RandomAgentConfig(seed=(seed * 1_000_003 + int(episode_seed)) * samples + sample))
+                observation, info = environment.reset(seed=int(episode_seed))
+                agent.reset(info)
+                for _ in range(max_turns):
+                    observation, _, terminated, truncated, info = environment.step(agent.act(observation, info))
+                    if terminated or truncated:
+                        break
+                won, max_score = bool(info.get("won", False)), float(info.get("max_score", 0) or 0)
+                game_wins.append(100.0 * won)
+                game_scores.append(100.0 * (float(info.get("score", 0) or 0) / max_score if max_score else won))
+            wins.append(sum(game_wins) / samples)
+            scores.append(sum(game_scores) / samples)
+    finally:
+        environment.close()
+    return PolicyEvaluation(env, estimate(wins, "%"), estimate(scores, "%"), dropped=0)

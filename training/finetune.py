@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import lightning as L
 import torch
@@ -32,7 +32,7 @@ from bwarea.adaptation import prepare_tuning
 from bwarea.lora import LoraSettings, has_lora, merge_lora
 from training.objectives import OBJECTIVES, gae, get_objective, whiten
 from training.reward_model import RewardScorer
-from training.rollout import (Episode, ReferencePolicy, RolloutConfig, RolloutEngine, build_rollout_batch, summarize)
+from training.rollout import Episode, ReferencePolicy, RolloutConfig, RolloutEngine, build_rollout_batch
 from training.runs import RunCLI, UserError, cli_main, peak_memory_mb, read_training_info, run_cli
 
 TRAINABLE_PARTS = ("policy", "world", "inverse", "codebook")
@@ -187,15 +187,17 @@ class FinetuneModule(L.LightningModule):
         options = self.env_options if name == "crafter" else {**self.env_options, "split": "train"}
         return envs.make(name, **options)
 
-    def play(self, tasks: list[int], greedy: bool, generator: torch.Generator | None = None) -> list[Episode]:
-        """One episode per task of the pool (task k = index k // len(envs) of environment k % len(envs))."""
+    def play(self, tasks: list[int], greedy: bool, sampling_seeds: list[int] | None = None) -> list[Episode]:
+        """One episode per task of the pool (task k = index k // len(envs) of environment k % len(envs));
+        sampling_seeds: one per task (see RolloutEngine.run)."""
         episodes: dict[int, Episode] = {}
         count = len(self.env_names)
         for env_index, name in enumerate(self.env_names):
             positions = [p for p, task in enumerate(tasks) if task % count == env_index]
             if positions:
+                seeds = None if sampling_seeds is None else [sampling_seeds[p] for p in positions]
                 played = self.engine.run(lambda: self.make_env(name), [tasks[p] // count for p in positions],
-                                         greedy=greedy, generator=generator)
+                                         greedy=greedy, sampling_seeds=seeds)
                 episodes.update(zip(positions, played))
         return [episodes[p] for p in range(len(tasks))]
 
@@ -226,34 +228,90 @@ class FinetuneModule(L.LightningModule):
         self.signal_free_updates = state["signal_free_updates"]
 
     # --- one update -----------------------------------------------------------------------------
+    # --- processes (Lightning DDP): each plays its share of the rollout batch -----------------------
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1  # 1 outside a Trainer (tests, notebooks)
+
+    def sum_over_processes(self, *values: float) -> list[float]:
+        """Each value summed over all training processes (the values themselves in a single process)."""
+        if self.world_size == 1:
+            return [float(v) for v in values]
+        totals = self.trainer.strategy.reduce(torch.tensor(values, dtype=torch.float64, device=self.device), reduce_op="sum")
+        return totals.tolist()
+
+    def any_process(self, flag: bool) -> bool:
+        """True on every process when `flag` is true on any: a decision all of them must take together."""
+        return self.sum_over_processes(float(flag))[0] > 0
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.episodes_per_update % self.world_size:
+            raise FinetuneError(f"model.episodes_per_update ({self.hparams.episodes_per_update}) must be a multiple of the "
+                                f"{self.world_size} training processes, so that each plays an equal share of the batch.")
+
     def training_step(self, update: int, batch_idx: int) -> None:
         hp = self.hparams
         started = time.perf_counter()
         tokens_before = self.engine.generated_tokens
         tasks = task_seeds(update, hp.episodes_per_update, hp.task_pool * len(self.env_names), hp.seed)
-        generator = torch.Generator(device=self.device).manual_seed(hp.seed * 1_000_003 + update)
-        sampled = self.play(tasks, greedy=False, generator=generator)
+        # this process's share: positions rank, rank + W, ...; an episode's samples depend on (seed, update, position)
+        # only, so the batch is the same however many processes play it
+        positions = range(self.global_rank, len(tasks), self.world_size)
+        tasks = [tasks[p] for p in positions]
+        sampled = self.play(tasks, greedy=False,
+                            sampling_seeds=[(hp.seed * 1_000_003 + update) * 4099 + p for p in positions])
         greedy = None
         if hp.objective in GREEDY_BASELINE_OBJECTIVES and self.objective_options.get("baseline", "greedy") == "greedy":
             greedy = self.play(tasks, greedy=True)
+        dropped_before = self.dropped_episodes
         kept, baselines = self._usable(sampled, greedy)
-        metrics = {"reward/sampled": summarize(sampled).mean_reward, "success_rate": summarize(sampled).success_rate,
-                   "episodes/dropped_total": float(self.dropped_episodes)}
-        if greedy is not None:
-            metrics["reward/greedy"] = summarize(greedy).mean_reward
-        if kept:
-            step_metrics = self._ppo_update(kept) if hp.objective == "ppo" else self._reinforce_update(kept, baselines)
-            metrics.update(step_metrics)
-        else:
+        metrics = self._episode_metrics(sampled, greedy, self.dropped_episodes - dropped_before)
+        kept_total, processes_without = (int(x) for x in self.sum_over_processes(len(kept), float(not kept)))
+        if kept_total == 0:
             self._skip("no usable episode in this rollout batch (all dropped)")
+        elif processes_without:
+            self._skip(f"{processes_without} of {self.world_size} processes kept none of their episodes")
+        elif hp.objective == "ppo" and self.any_process(len(kept) * self.world_size != kept_total):
+            self._skip("dropped episodes left the processes unequal shares, and PPO's minibatch steps must match")
+        else:
+            update_metrics = (self._ppo_update(kept) if hp.objective == "ppo"
+                              else self._reinforce_update(kept, baselines, kept_total))
+            metrics.update(self._mean_over_processes(update_metrics))
         elapsed = time.perf_counter() - started
-        metrics.update({"tokens_per_second": (self.engine.generated_tokens - tokens_before) / max(elapsed, 1e-9),
+        generated = self.sum_over_processes(self.engine.generated_tokens - tokens_before)[0]
+        metrics.update({"tokens_per_second": generated / max(elapsed, 1e-9),
                         "seconds_per_update": elapsed, "peak_memory_mb": peak_memory_mb(),
+                        **({"peak_gpu_memory_mb": torch.cuda.max_memory_allocated(self.device) / 2**20}
+                           if self.device.type == "cuda" else {}),
                         "batches/skipped_total": float(self.skipped_batches),
                         "batches/signal_free_total": float(self.signal_free_updates)})
         self.completed_updates = update + 1
-        self.log_dict({f"finetune/{k}": v for k, v in metrics.items()}, on_step=True, batch_size=len(tasks))
-        self.log("reward", metrics["reward/sampled"], prog_bar=True, on_step=True, logger=False, batch_size=len(tasks))
+        self.log_dict({f"finetune/{k}": v for k, v in metrics.items()}, on_step=True, batch_size=hp.episodes_per_update)
+        self.log("reward", metrics["reward/sampled"], prog_bar=True, on_step=True, logger=False,
+                 batch_size=hp.episodes_per_update)
+
+    def _episode_metrics(self, sampled: list[Episode], greedy: list[Episode] | None, dropped: int) -> dict[str, float]:
+        """Rewards and success over the whole rollout batch (all processes), and the dropped-episode count."""
+        def sums(episodes: list[Episode]) -> list[float]:
+            kept = [e for e in episodes if not e.dropped]
+            return [sum(e.total_reward for e in kept), sum(e.won for e in kept), len(kept)]
+
+        local = sums(sampled) + (sums(greedy) if greedy is not None else [0.0, 0.0, 0.0]) + [dropped]
+        reward, wins, count, greedy_reward, _, greedy_count, dropped_total = self.sum_over_processes(*local)
+        self.dropped_episodes += int(dropped_total) - dropped  # every process counts the whole batch's drops
+        metrics = {"reward/sampled": reward / max(count, 1), "success_rate": wins / max(count, 1),
+                   "episodes/dropped_total": float(self.dropped_episodes)}
+        if greedy is not None:
+            metrics["reward/greedy"] = greedy_reward / max(greedy_count, 1)
+        return metrics
+
+    def _mean_over_processes(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The update's metrics averaged over processes (each computed them on its share)."""
+        if self.world_size == 1 or not metrics:
+            return metrics
+        names = sorted(metrics)
+        totals = self.sum_over_processes(*(metrics[name] for name in names))
+        return {name: total / self.world_size for name, total in zip(names, totals)}
 
     def _usable(self, sampled: list[Episode], greedy: list[Episode] | None) -> tuple[list[Episode], list[float] | None]:
         """Episodes to learn from: ReMax pairs where both the sampled and the greedy episode survived."""
@@ -275,8 +333,8 @@ class FinetuneModule(L.LightningModule):
     def _optimizer_step(self, loss: torch.Tensor, parameters: list[torch.nn.Parameter],
                         backward: Callable[[], None] | None = None) -> bool:
         """Backward (`backward`, or through `loss` directly), clip, step; False when the update was not taken."""
-        if not torch.isfinite(loss):
-            self._skip(f"loss is {float(loss)}")
+        if self.any_process(not bool(torch.isfinite(loss))):
+            self._skip(f"loss is {float(loss)} (on at least one process)")
             return False
         optimizer = self.optimizers()
         optimizer.zero_grad()
@@ -298,7 +356,9 @@ class FinetuneModule(L.LightningModule):
         optimizer.step()
         return True
 
-    def _reinforce_update(self, episodes: list[Episode], baselines: list[float] | None) -> dict[str, float]:
+    def _reinforce_update(self, episodes: list[Episode], baselines: list[float] | None, kept_total: int) -> dict[str, float]:
+        """One step on the loss over all processes' kept episodes: each process's loss (a mean over its episodes) is
+        weighted by its share, W n_local / n_total, so that DDP's average of the gradients is the whole batch's."""
         micro = self.hparams.micro_batch_size
         in_micro_batches = micro is not None and micro < len(episodes)
         with torch.set_grad_enabled(not in_micro_batches):
@@ -307,15 +367,17 @@ class FinetuneModule(L.LightningModule):
             log_probs.requires_grad_(True)
             entropy.requires_grad_(True)
         batch = build_rollout_batch(episodes, log_probs, entropy, baselines)
-        if batch.baseline_returns is not None and not torch.isfinite(batch.baseline_returns).all():
+        if self.any_process(batch.baseline_returns is not None and not bool(torch.isfinite(batch.baseline_returns).all())):
             self._skip("non-finite greedy rewards")
             return {}
-        if not torch.isfinite(batch.token_rewards).all():
+        if self.any_process(not bool(torch.isfinite(batch.token_rewards).all())):
             self._skip("non-finite rewards")
             return {}
         loss, metrics = self.objective(batch, **self.objective_options)
-        backward = self._micro_batch_backward(loss, episodes, log_probs, entropy, micro) if in_micro_batches else None
-        self._optimizer_step(loss, self.trainable, backward)
+        share = self.world_size * len(episodes) / kept_total
+        weighted = loss * share if share != 1 else loss
+        backward = self._micro_batch_backward(weighted, episodes, log_probs, entropy, micro) if in_micro_batches else None
+        self._optimizer_step(weighted, self.trainable, backward)
         return {**metrics, "loss": float(loss.detach())}
 
     def _micro_batch_backward(self, loss: torch.Tensor, episodes: list[Episode], log_probs: torch.Tensor,
@@ -344,7 +406,7 @@ class FinetuneModule(L.LightningModule):
         first = build_rollout_batch(episodes, torch.zeros_like(old_values))
         advantages, returns = gae(first.token_rewards, old_values, first.mask, hp.gae_gamma, hp.gae_lambda)
         advantages = whiten(advantages, first.mask)
-        if not torch.isfinite(advantages).all():
+        if self.any_process(not bool(torch.isfinite(advantages).all())):
             self._skip("non-finite advantages")
             return {}
         metrics: dict[str, float] = {}
@@ -367,7 +429,7 @@ class FinetuneModule(L.LightningModule):
     # --- export (training.runs.ExportOnTrainEnd) --------------------------------------------
     def export_pretrained(self, directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
         """save_pretrained of the fine-tuned model (frozen parts included, LoRA adapters merged into a copy) with its
-        tokenizer. Fine-tuning runs in one process, so the module's own weights are the state to export."""
+        tokenizer. Every process holds the same weights (DDP), so the module's own are the state to export."""
         model = self.policy_model
         if has_lora(model):
             model = copy.deepcopy(model)
@@ -395,7 +457,7 @@ class FinetuneCLI(RunCLI):
     # one pass over the update indices still to run (model.updates sets the length; under PPO an update takes
     # several optimizer steps, so trainer.max_steps would not count updates)
     trainer_defaults = {"max_epochs": 1, "log_every_n_steps": 1, "num_sanity_val_steps": 0, "enable_model_summary": False,
-                        "precision": "32-true"}
+                        "precision": "auto"}
 
 
 def run(args: list[str] | dict[str, Any] | None = None, exit_on_error: bool = False) -> Path:

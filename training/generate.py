@@ -4,6 +4,7 @@
     bwarea generate --model runs/tiny/export --prompt "> " --actions 7          # one fixed action
     bwarea generate --model runs/tiny/export --prompt "> " --sweep_actions 8    # actions 0..7 side by side
     bwarea generate --model models/smollm2-bwarea --prompt "> " --prompt_actions policy
+    bwarea generate --model models/smollm2-bwarea --prompt "> " --device cuda    # default: the GPU if there is one
 
 --model is any save_pretrained directory: a trained run's export, or one written by `bwarea convert`.
 """
@@ -18,6 +19,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 import bwarea
 from bwarea.generation import PromptActions
+from bwarea.device import inference_dtype, resolve_device
 
 
 def build_parser() -> ArgumentParser:
@@ -49,15 +51,18 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the sampling generator.")
     parser.add_argument("--show_actions", type=bool, default=True, help="Print each token with the action that produced it.")
     parser.add_argument("--json", type=bool, default=False, help="Print one JSON object per prompt instead of text.")
+    parser.add_argument("--device", type=str, default="auto",
+                        help="Where the model runs: auto (the GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        model = bwarea.load_pretrained(args.model).eval()
+        device = resolve_device(args.device)
+        model = bwarea.load_pretrained(args.model, map_location=device).eval()
         tokenizer = bwarea.load_tokenizer(args.model)
-    except (bwarea.CheckpointError, FileNotFoundError) as error:
+    except (bwarea.CheckpointError, FileNotFoundError, ValueError, RuntimeError) as error:
         return _fail(str(error))
     if not callable(getattr(model, "generate", None)):
         return _fail(f"{args.model} holds a {type(model).__name__}, which does not generate text; "
@@ -74,18 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     forced: list[int] | None = args.actions[0] if args.actions and len(args.actions) == 1 else args.actions
     if args.sweep_actions:
         prompts = [prompts[0]] * args.sweep_actions
-        forced = torch.arange(args.sweep_actions)[:, None].expand(-1, args.max_new_tokens)
+        forced = torch.arange(args.sweep_actions, device=device)[:, None].expand(-1, args.max_new_tokens)
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
     if batch["input_ids"].shape[1] == 0:
         batch = {"input_ids": torch.full((len(prompts), 1), tokenizer.eos_token_id),
                  "attention_mask": torch.ones(len(prompts), 1, dtype=torch.long)}
+    dtype = inference_dtype(device)
     try:
-        output = model.generate(
-            batch["input_ids"], batch["attention_mask"], max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-            top_k=args.top_k, top_p=args.top_p, token_temperature=args.token_temperature, actions=forced,
-            prompt_actions=args.prompt_actions, stop_strings=args.stop, tokenizer=tokenizer,
-            generator=torch.Generator().manual_seed(args.seed),
-        )
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            output = model.generate(
+                batch["input_ids"].to(device), batch["attention_mask"].to(device), max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, token_temperature=args.token_temperature,
+                actions=forced, prompt_actions=args.prompt_actions, stop_strings=args.stop, tokenizer=tokenizer,
+                generator=torch.Generator(device).manual_seed(args.seed),
+            )
     except ValueError as error:  # e.g. a forced action outside the model's range
         return _fail(str(error))
     for row, prompt in enumerate(prompts):

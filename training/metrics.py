@@ -13,7 +13,12 @@ Metric names carry their benchmark, so they cannot be mixed up with other benchm
   comes from the delta method with the sample covariance of the achievements across episodes.
   `crafter_reward` — the episode return (+1 per first unlock, health change / 10).
   `crafter_achievement_fraction` — mean % of the 22 achievements unlocked per episode (an arithmetic
-  mean: not the Crafter score, and not BALROG's "progression").
+  mean: not the Crafter score).
+- BALROG (Paglieri et al., 2024): `balrog_progression`, mean over episodes of the episode's progression
+  in %: Crafter 100 * achievements unlocked / 22 (numerically crafter_achievement_fraction, named as
+  BALROG reports it); TextWorld 100 * score / max_score, a won game counting 100. It is reported in a
+  column of its own beside crafter_score / textworld_success_rate, never merged with them: BALROG's
+  Crafter numbers are progression, not the Crafter score.
 - BIG-Bench Hard: `bbh_accuracy` per task (% exact match) and `bbh_macro_accuracy`, the unweighted
   mean over tasks, whose standard error combines the tasks' as independent: sqrt(sum se_t^2) / T.
 """
@@ -83,6 +88,11 @@ def textworld_normalised_score(score: float, max_score: float, won: bool) -> flo
     return 100.0 * score / max_score if max_score else 100.0 * float(won)
 
 
+def balrog_textworld_progression(score: float, max_score: float, won: bool) -> float:
+    """BALROG's TextWorld progression of one episode in %: 100 * score / max_score, 100 when won."""
+    return 100.0 if won else (100.0 * score / max_score if max_score else 0.0)
+
+
 def textworld_metrics(episodes: Sequence[Mapping[str, Any]]) -> dict[str, Estimate]:
     """From episode records with `score`, `max_score`, `won`, `return` and `steps`."""
     _require(episodes, ("score", "max_score", "won", "return", "steps"), "TextWorld")
@@ -90,6 +100,8 @@ def textworld_metrics(episodes: Sequence[Mapping[str, Any]]) -> dict[str, Estima
         "textworld_normalised_score": estimate(
             [textworld_normalised_score(e["score"], e["max_score"], e["won"]) for e in episodes], "%"),
         "textworld_success_rate": estimate([100.0 * bool(e["won"]) for e in episodes], "%"),
+        "balrog_progression": estimate([balrog_textworld_progression(e["score"], e["max_score"], e["won"])
+                                        for e in episodes], "%"),
         "episode_reward": estimate([e["return"] for e in episodes], "reward"),
         "episode_steps": estimate([e["steps"] for e in episodes], "steps"),
     }
@@ -139,6 +151,7 @@ def crafter_metrics(episodes: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Es
         "crafter_score": crafter_score_estimate(unlocked),
         "crafter_reward": estimate([e["return"] for e in episodes], "reward"),
         "crafter_achievement_fraction": estimate((matrix.mean(axis=1)).tolist(), "%"),
+        "balrog_progression": estimate([100.0 * len(set(names)) / len(ACHIEVEMENTS) for names in unlocked], "%"),
         "episode_steps": estimate([e["steps"] for e in episodes], "steps"),
     }
     per_achievement = {name: estimate(matrix[:, j].tolist(), "%") for j, name in enumerate(ACHIEVEMENTS)}

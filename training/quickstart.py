@@ -23,7 +23,7 @@ fine-tuning run whose budget changed stops the command with the names of the dif
 from __future__ import annotations
 
 import json
-import os
+import math
 import platform
 import shutil
 import sys
@@ -38,8 +38,10 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from bwarea import CheckpointError, load_tokenizer
 from bwarea.checkpoint import atomic_write_text
-from training.experiment import (FinetuneBudget, PolicyEvaluation, PretrainBudget, build_corpus, evaluate_policy, finetune,
-                                 jsonable, model_costs, pretrain_pair)
+from training.experiment import (FinetuneBudget, PolicyEvaluation, PretrainBudget, build_corpus, ensure_games,
+                                 evaluate_policy, finetune, jsonable, model_costs, pretrain_pair, random_agent_evaluation)
+from training.hardware import configure_threads, probe
+from training.metrics import Estimate
 from training.rollout import Episode, RolloutConfig
 from training.runs import UserError, read_training_info
 
@@ -62,7 +64,7 @@ class QuickstartConfig:
         evaluation: How held-out episodes are played (greedy choices).
         spring_steps: Crafter steps of the SPRING demo with the tiny BWArea model as its LLM (0 skips it).
         fresh: Retrain and re-evaluate everything (the game and tokenizer caches are still reused).
-        threads: torch CPU threads (default: all cores).
+        threads: torch CPU threads (default: all the cores this process may use).
     """
 
     out: str = "runs/quickstart"
@@ -101,12 +103,14 @@ def _episode_record(episode: Episode) -> dict[str, Any]:
 
 
 def _machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+    hardware = probe()
+    return (f"{hardware.cpu_name} ({'native bf16' if hardware.cpu_bf16 else 'no native bf16'}), {hardware.cores} usable "
+            f"CPU cores, {'GPU ' + hardware.cuda_device if hardware.cuda_device else 'no GPU'}, torch {torch.__version__} "
             f"with {torch.get_num_threads()} threads, Python {platform.python_version()}, {platform.system()}")
 
 
-def _report(config: QuickstartConfig, results: dict[str, dict[str, PolicyEvaluation]], infos: dict[str, dict],
-            seconds: float) -> str:
+def _report(config: QuickstartConfig, results: dict[str, dict[str, PolicyEvaluation]], random: PolicyEvaluation,
+            infos: dict[str, dict], seconds: float) -> str:
     budget = config.pretrain
     lines = [
         "# bwarea quickstart report", "",
@@ -128,6 +132,11 @@ def _report(config: QuickstartConfig, results: dict[str, dict[str, PolicyEvaluat
         lines.append(f"| {label} | {info['parameters']:,} | {info['trained_parameters']:,} | {before.success_rate.format()} | "
                      f"{after.success_rate.format()} | {before.normalised_score.format()} | {after.normalised_score.format()} "
                      f"| {info['costs']['generate'] / 1e6:.3g} |")
+    lines.append(f"| Random agent (uniform over the admissible commands; 16 plays per game) | – | – | {random.success_rate.format()} | "
+                 f"{random.success_rate.format()} | {random.normalised_score.format()} | {random.normalised_score.format()} | – |")
+    lines += ["", "Against the random agent, held-out success after RL: " + "; ".join(
+        f"{label} {_versus(results[key]['after'].success_rate, random.success_rate)}" for key, label in MODELS.items())
+        + " (more than two combined standard errors apart counts as above or below)."]
     lines += ["", "Parameters: BWArea counts all its parts (world model, inverse dynamics, codebook, cognitive policy), of which "
               "RL trains the policy; the AR baseline is one network shaped like the world model, all of it trained by RL. "
               f"FLOPs per token at a {budget.block_size}-token context: a BWArea token costs a policy and a world-model "
@@ -139,6 +148,13 @@ def _report(config: QuickstartConfig, results: dict[str, dict[str, PolicyEvaluat
               + "; ".join(f"{MODELS[key]}: " + ", ".join(f"{name} {value:.3g}" for name, value in infos[key]["validation"].items())
                           for key in MODELS) + ".", ""]
     return "\n".join(lines)
+
+
+def _versus(model: Estimate, baseline: Estimate) -> str:
+    """'above it' / 'below it' / 'within noise of it' (the baseline): the gap against two combined standard errors."""
+    spread = 2 * math.hypot(model.stderr or 0.0, baseline.stderr or 0.0)
+    gap = model.mean - baseline.mean
+    return "above it" if gap > spread else "below it" if gap < -spread else "within noise of it"
 
 
 def _plots(out: Path, results: dict[str, dict[str, PolicyEvaluation]], episodes: list[Episode], tokenizer: Any) -> list[Path]:
@@ -178,7 +194,8 @@ def _spring_demo(export: Path, steps: int) -> None:
     for step in range(steps):
         action = agent.act(observation, info)
         trace = agent.last_traces[0]
-        print(f"--- Crafter step {step + 1}: SPRING chose {action!r} ({len(trace.nodes)} DAG nodes, {trace.rounds} "
+        print(f"--- Crafter step {step + 1}: SPRING chose {action!r} (read as: {trace.provenance}; "
+              f"{len(trace.nodes)} DAG nodes, {trace.rounds} "
               f"batched rounds, {trace.latency_s:.2f} s)")
         for node in trace.nodes:
             answer = " ".join(node.answer.split())[:100]
@@ -188,15 +205,14 @@ def _spring_demo(export: Path, steps: int) -> None:
         if terminated or truncated:
             break
     env.close()
-    print("(a 4M-parameter model trained on TextWorld transcripts is no Crafter expert; swap in any LLM backend, "
-          "see docs/agents.md)")
+    print(f"(a {sum(p.numel() for p in agent.backend.model.parameters()) / 1e6:.2g}M-parameter model trained on TextWorld "
+          "transcripts is no Crafter expert; swap in any LLM backend, see docs/agents.md)")
 
 
 def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     """Run every step; returns the summary written to out/summary.json."""
     started = time.perf_counter()
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    configure_threads(config.threads)
     out = Path(config.out).expanduser()
     if config.fresh:
         for part in ("pretrain", "finetune", "evaluation", "plots"):
@@ -208,6 +224,7 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
     _step(1, total, f"TextWorld games ({config.train_games} training, {config.test_games} held-out) and the corpus")
     corpus = build_corpus([config.textworld_preset], config.train_games, out / "corpus", config.textworld_cache,
                           config.exploratory_per_game, progress=config.pretrain.progress)
+    ensure_games(config.textworld_preset, "test", config.test_games, config.textworld_cache, config.pretrain.progress)
 
     _step(2, total, f"Pretraining BWArea (stage 1, stage 2) and the AR baseline on {config.pretrain.tokens:,} tokens each")
     exports = pretrain_pair(corpus, out / "pretrain", config.pretrain)
@@ -232,12 +249,17 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, Any]:
                       "validation": _validation(key, exports),
                       "costs": model_costs(exports[key], config.pretrain.block_size)}
 
+    print("Random agent on the same held-out games (16 plays per game)", flush=True)
+    random = random_agent_evaluation(env, range(config.test_games), {"split": "test", "cache_dir": config.textworld_cache},
+                                     config.evaluation.max_turns)
+
     _step(4, total, "Report and plots")
     plots = _plots(out, results, after_episodes["bwarea"], load_tokenizer(exports["bwarea"]))
     seconds = time.perf_counter() - started
-    report = _report(config, results, infos, seconds)
+    report = _report(config, results, random, infos, seconds)
     summary = {"config": jsonable(asdict(config)), "machine": _machine(), "wall_seconds": seconds,
                "results": {key: {phase: r.to_dict() for phase, r in phases.items()} for key, phases in results.items()},
+               "random_agent": random.to_dict(),
                "models": infos, "exports": {key: str(path) for key, path in exports.items()},
                "action_usage_after_rl": dict(Counter(a for e in after_episodes["bwarea"] for t in e.turns for a in t.actions)),
                "plots": [str(p) for p in plots]}

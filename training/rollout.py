@@ -44,6 +44,10 @@ class RolloutConfig:
             transitions stay deterministic given the actions).
         prompt_format: "transcript" (task + recent turns, for multi-turn games) or "observation" (the
             observation is the whole prompt, for single-step tasks such as BIG-Bench Hard).
+        compile: decode with static KV caches under torch.compile (`generate(compile=...)`): False, True
+            ("reduce-overhead", i.e. CUDA graphs, on a GPU; "default" on a CPU) or a torch.compile mode. Each new
+            batch size or prompt length bucket compiles once (tens of seconds on a CPU), so it pays off over a
+            long fine-tuning run, not a short one.
     """
 
     max_turns: int = 20
@@ -53,6 +57,7 @@ class RolloutConfig:
     temperature: float = 1.0
     token_temperature: float = 0.0
     prompt_format: str = "transcript"
+    compile: bool | str = False
 
     def __post_init__(self) -> None:
         if self.prompt_format not in PROMPT_FORMATS:
@@ -163,19 +168,25 @@ class RolloutEngine:
     def _left_padded(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         length = max(len(s) for s in sequences)
         pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(sequences), length), pad, dtype=torch.long)
-        mask = torch.zeros(len(sequences), length, dtype=torch.long)
+        ids = torch.full((len(sequences), length), pad, dtype=torch.long, device="cpu")  # built on the host, moved once
+        mask = torch.zeros(len(sequences), length, dtype=torch.long, device="cpu")
         for row, sequence in enumerate(sequences):
             if sequence:
-                ids[row, length - len(sequence):] = torch.tensor(sequence)
+                ids[row, length - len(sequence):] = torch.tensor(sequence, device="cpu")
                 mask[row, length - len(sequence):] = 1
         return ids.to(self.device), mask.to(self.device)
 
     # --- episodes ---------------------------------------------------------------------------
     def run(self, make_env: Callable[[], Any], seeds: Sequence[int], greedy: bool = False,
-            generator: torch.Generator | None = None) -> list[Episode]:
-        """Play one episode per seed, all environments stepping together; greedy = argmax actions."""
+            sampling_seeds: Sequence[int] | None = None) -> list[Episode]:
+        """Play one episode per seed, all environments stepping together; greedy = argmax actions.
+
+        sampling_seeds: one per episode; the choices of episode i at turn t are drawn from a generator seeded by
+        (sampling_seeds[i], t) alone, so an episode is the same whichever batch or process plays it (None: torch's
+        global random state)."""
         episodes = [Episode(seed=int(seed), greedy=greedy) for seed in seeds]
+        if sampling_seeds is not None and len(sampling_seeds) != len(episodes):
+            raise ValueError(f"{len(sampling_seeds)} sampling seeds for {len(episodes)} episodes; give one per episode.")
         envs: list[Any] = [None] * len(episodes)
         transcripts: list[Transcript | None] = [None] * len(episodes)
         observations = [""] * len(episodes)
@@ -196,7 +207,7 @@ class RolloutEngine:
             for _ in range(self.config.max_turns):
                 if not active:
                     break
-                active = self._turn(episodes, envs, transcripts, observations, active, greedy, generator)
+                active = self._turn(episodes, envs, transcripts, observations, active, greedy, sampling_seeds)
             for index in active:
                 episodes[index].truncated = True
         finally:
@@ -212,13 +223,21 @@ class RolloutEngine:
             self._reference_log_probs([e for e in episodes if not e.dropped])
         return episodes
 
-    def _turn(self, episodes, envs, transcripts, observations, active, greedy, generator) -> list[int]:
+    def _turn_generators(self, episodes: list[Episode], active: list[int],
+                         sampling_seeds: Sequence[int] | None) -> list[torch.Generator] | None:
+        if sampling_seeds is None:
+            return None
+        return [torch.Generator(self.device).manual_seed((int(sampling_seeds[i]) * 1_000_003 + len(episodes[i].turns)) % 2**63)
+                for i in active]
+
+    def _turn(self, episodes, envs, transcripts, observations, active, greedy, sampling_seeds) -> list[int]:
         prompts = [self._prompt_ids(transcripts[i], observations[i]) for i in active]
         input_ids, attention_mask = self._left_padded(prompts)
+        generator = None if greedy else self._turn_generators(episodes, active, sampling_seeds)
         output = self.model.generate(
             input_ids, attention_mask, max_new_tokens=self.config.max_new_tokens,
             temperature=0.0 if greedy else self.config.temperature, token_temperature=self.config.token_temperature,
-            stop_strings=["\n"], tokenizer=self.tokenizer, generator=generator,
+            stop_strings=["\n"], tokenizer=self.tokenizer, generator=generator, compile=self.config.compile,
         )
         still_active = []
         for row, index in enumerate(active):
@@ -277,11 +296,11 @@ class RolloutEngine:
     def turn_batch(self, turns: list[Turn]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-padded prompt+generation sequences, aligned actions and the mask of generated positions."""
         ids, mask = self._left_padded([t.prompt_ids + t.tokens for t in turns])
-        actions = torch.zeros(len(turns), ids.shape[1] - 1, dtype=torch.long)
-        generated = torch.zeros(len(turns), ids.shape[1] - 1, dtype=torch.bool)
+        actions = torch.zeros(len(turns), ids.shape[1] - 1, dtype=torch.long, device="cpu")
+        generated = torch.zeros(len(turns), ids.shape[1] - 1, dtype=torch.bool, device="cpu")
         for row, turn in enumerate(turns):
             count = len(turn.tokens)
-            actions[row, -count:] = torch.tensor(turn.actions)
+            actions[row, -count:] = torch.tensor(turn.actions, device="cpu")
             generated[row, -count:] = True
         return ids, mask, actions.to(self.device), generated.to(self.device)
 
@@ -320,7 +339,7 @@ def per_episode(episodes: Sequence[Episode], *flat: torch.Tensor) -> tuple[torch
     return tuple(results)
 
 
-def _token_mask(lengths: Sequence[int], width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def _token_mask(lengths: Sequence[int], width: int, device: torch.device | str) -> torch.Tensor:
     return torch.arange(width, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
 
 
@@ -329,21 +348,22 @@ def build_rollout_batch(episodes: Sequence[Episode], log_probs: torch.Tensor, en
     """The objective's input for `episodes` (all kept, none dropped), given recomputed log-probs (B, T)."""
     lengths = [episode.num_tokens for episode in episodes]
     width = log_probs.shape[1]
-    mask = _token_mask(lengths, width)
-    token_rewards = torch.zeros(len(episodes), width)
-    old_log_probs = torch.zeros(len(episodes), width)
+    host = torch.device("cpu")  # filled element by element on the host, then moved to the model's device once
+    mask = _token_mask(lengths, width, host)
+    token_rewards = torch.zeros(len(episodes), width, device=host)
+    old_log_probs = torch.zeros(len(episodes), width, device=host)
     have_reference = all(turn.ref_log_probs is not None for episode in episodes for turn in episode.turns)
-    ref_log_probs = torch.zeros(len(episodes), width) if have_reference else None
+    ref_log_probs = torch.zeros(len(episodes), width, device=host) if have_reference else None
     for row, episode in enumerate(episodes):
         position = 0
         for turn in episode.turns:
             span = slice(position, position + len(turn.tokens))
-            old_log_probs[row, span] = torch.tensor(turn.log_probs)
+            old_log_probs[row, span] = torch.tensor(turn.log_probs, device=host)
             if ref_log_probs is not None:
-                ref_log_probs[row, span] = torch.tensor(turn.ref_log_probs)
+                ref_log_probs[row, span] = torch.tensor(turn.ref_log_probs, device=host)
             position += len(turn.tokens)
             token_rewards[row, position - 1] += turn.reward  # a turn's reward lands on its last token
-    baselines = None if baseline_returns is None else torch.tensor(list(baseline_returns), dtype=torch.float32)
+    baselines = None if baseline_returns is None else torch.tensor(list(baseline_returns), dtype=torch.float32, device=host)
     on_device = lambda tensor: None if tensor is None else tensor.to(log_probs.device)  # noqa: E731
     return RolloutBatch(
         log_probs=log_probs, mask=on_device(mask), token_rewards=on_device(token_rewards),

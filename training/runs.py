@@ -47,7 +47,7 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, Literal
 
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only, rank_zero_warn
@@ -57,6 +57,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from training.hardware import AUTO, configure_threads, probe, resolve_precision, runtime_line, uses_gpu
 from bwarea.checkpoint import (TRAINING_INFO_FILE, CheckpointError, atomic_write, atomic_write_text,  # noqa: F401
                                read_training_info, replace_directory, write_training_info)
 
@@ -90,6 +91,8 @@ class RunSettings:
         wandb_project: Weights & Biases project name.
         peak_flops_per_device: Peak FLOP/s of one device, to report model FLOPs utilisation (e.g. 989e12 for an
             H100 in bf16). Unset: FLOP/s are logged but no MFU.
+        threads: torch CPU threads per process. Default: the cores this process may use (affinity mask, container
+            quota) divided by the training processes on this machine.
     """
 
     name: str | None = None
@@ -100,8 +103,11 @@ class RunSettings:
     wandb: bool = True
     wandb_project: str = "bwarea"
     peak_flops_per_device: float | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise RunDirectoryError(f"run.threads must be at least 1 (or null for all cores), got {self.threads}.")
         if self.checkpoint_every_n_steps < 1:
             raise RunDirectoryError(f"run.checkpoint_every_n_steps must be at least 1, got {self.checkpoint_every_n_steps}.")
         if self.keep_checkpoints == 0 or self.keep_checkpoints < -1:
@@ -362,6 +368,27 @@ def read_metrics(run_path: str | os.PathLike) -> list[dict[str, float]]:
 # ----------------------------------------------------------------------------------------------
 # The command line of a training command
 
+PrecisionSetting = Literal["auto", "64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
+                           "transformer-engine", "transformer-engine-float16"]
+
+
+class AutoPrecisionTrainer(Trainer):
+    """Lightning's Trainer whose `precision` may also be "auto", the default of every command: bf16-mixed where the
+    hardware computes bf16 natively (GPUs that support it, CPUs with AMX / AVX512-BF16), else 32-true
+    (training/hardware.py). Any explicit precision is passed on unchanged."""
+
+    def __init__(self, *, precision: PrecisionSetting | int | None = AUTO, **kwargs: Any):
+        super().__init__(precision=resolve_precision(precision, str(kwargs.get("accelerator", AUTO))).value, **kwargs)
+
+
+def _processes_per_machine(trainer: dict[str, Any]) -> int:
+    devices = trainer.get("devices", AUTO)
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    return int(devices) if str(devices).isdigit() and int(devices) > 0 else 1
+
+
+
 class RunCLI(LightningCLI):
     """LightningCLI for a training command whose every invocation trains (or resumes) one run directory.
 
@@ -445,7 +472,8 @@ class RunCLI(LightningCLI):
             super().__init__(
                 model_class=self.model_class, subclass_mode_model=self.subclass_mode_model,
                 datamodule_class=self.datamodule_class, subclass_mode_data=self.subclass_mode_data,
-                save_config_callback=None, trainer_defaults=dict(self.trainer_defaults),
+                save_config_callback=None, trainer_class=AutoPrecisionTrainer,
+                trainer_defaults={"precision": AUTO, **self.trainer_defaults},
                 seed_everything_default=self.seed_everything_default,
                 parser_kwargs={"prog": self.prog, "description": self.description, "default_env": False,
                                "exit_on_error": exit_on_error},
@@ -468,7 +496,25 @@ class RunCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         if not self.parse_only:
+            self.resolve_runtime()
             super().instantiate_classes()
+
+    def resolve_runtime(self) -> None:
+        """Precision "auto" resolved for this machine (config.yaml records the value and the reason), torch threads
+        set, and one line saying what runs where."""
+        trainer = self.config.trainer
+        hardware = probe()
+        self.requested_precision = trainer.precision
+        accelerator = str(trainer.get("accelerator") or AUTO)
+        self.precision = resolve_precision(trainer.precision, accelerator, hardware)
+        trainer.precision = self.precision.value
+        processes = _processes_per_machine(trainer)
+        if self.config.run.threads is not None and processes > 1:
+            os.environ["OMP_NUM_THREADS"] = str(self.config.run.threads)  # Lightning's DDP set-up keeps it
+        threads = configure_threads(self.config.run.threads, processes, hardware)
+        device = f"GPU {hardware.cuda_device}" if uses_gpu(accelerator, hardware) else f"CPU {hardware.cpu_name}"
+        if rank_zero_only.rank == 0:
+            print(f"{self.prog}: {runtime_line(device, self.precision, threads)}", flush=True)
 
     def run_name_prefix(self) -> str:
         return self.prog.split()[-1]
@@ -478,6 +524,8 @@ class RunCLI(LightningCLI):
         config = self.config.clone().as_dict()
         for key in ("run", "ckpt_path", "config"):
             config.pop(key, None)
+        # the precision as asked for, so that `auto` names the same run whatever it resolved to
+        config["trainer"]["precision"] = getattr(self, "requested_precision", config["trainer"]["precision"])
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return f"{self.run_name_prefix()}-{digest}"
 
@@ -503,7 +551,9 @@ class RunCLI(LightningCLI):
         run = RunDirectory.open(settings.root, name, resuming=self.config.ckpt_path is not None,
                                 overwrite=settings.overwrite, is_main_process=main_process)
         if main_process:
-            run.write_config(self.parser.dump(self.config, skip_unset=False))
+            choice = getattr(self, "precision", None)
+            header = "" if choice is None else f"# trainer.precision {choice.value}: {choice.reason}\n"
+            run.write_config(header + self.parser.dump(self.config, skip_unset=False))
         self.run_dir = run
         trainer_config = self._get(self.config_init, "trainer", default={})
         callbacks = [*_as_list(trainer_config.get("callbacks")), *self.run_callbacks(settings, run)]

@@ -112,13 +112,17 @@ class ChatServer:
     """Speaks the OpenAI chat/completions and completions protocol with injectable faults.
 
     `fault(body) -> mode | None` decides per request; `script` (a list of modes) is consumed first.
-    Modes: ok, 500, 429 (Retry-After: 0), 400, slow (sleeps `slow_s` before answering), malformed, empty, drop.
+    Modes: ok, 500, 429 (Retry-After: 0), 400, 401 (its body echoes the request's headers, as some proxies
+    do), slow (sleeps `slow_s` before answering), malformed, empty, drop. `top_logprobs(body)`, when set,
+    answers requests asking for logprobs with those (token, log-prob) pairs for the first token.
+    `port`: 0 picks a free one; a fixed port lets a test bring "the same server" back after `stop()`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.script: list[str] = []
         self.fault: Callable[[dict], str | None] = lambda body: None
         self.reply: Callable[[dict], str] = default_reply
+        self.top_logprobs: Callable[[dict], list[tuple[str, float]]] | None = None
         self.slow_s = 1.0
         self.requests: list[tuple[str, dict, dict]] = []   # (path, body, headers)
         self.in_flight = 0
@@ -145,12 +149,21 @@ class ChatServer:
                     with server.lock:
                         server.in_flight -= 1
 
-        self.httpd = _Server(("127.0.0.1", 0), Handler)
+        self.httpd = _Server(("127.0.0.1", port), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def start(self) -> "ChatServer":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """The server dies: its socket closes, so new connections are refused."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
     def respond(self, handler: BaseHTTPRequestHandler, mode: str, body: dict) -> None:
         if mode == "drop":
@@ -159,7 +172,10 @@ class ChatServer:
             return
         if mode == "slow":
             time.sleep(self.slow_s)
-        if mode in ("500", "429", "400"):
+        if mode == "401":
+            payload = json.dumps({"error": {"message": "invalid credentials", "request_headers": dict(handler.headers)}}).encode()
+            handler.send_response(401)
+        elif mode in ("500", "429", "400"):
             payload = json.dumps({"error": {"message": f"injected {mode}"}}).encode()
             handler.send_response(int(mode))
             if mode == "429":
@@ -172,6 +188,10 @@ class ChatServer:
             choice = {"index": 0, "finish_reason": "stop"}
             if handler.path.endswith("/chat/completions"):
                 choice["message"] = {"role": "assistant", "content": text}
+                if body.get("logprobs") and self.top_logprobs is not None:
+                    top = [{"token": token, "logprob": value} for token, value in self.top_logprobs(body)]
+                    choice["logprobs"] = {"content": [{"token": top[0]["token"], "logprob": top[0]["logprob"],
+                                                       "top_logprobs": top}]}
             else:
                 choice["text"] = text
             prompt_words = sum(len(m["content"].split()) for m in body.get("messages", [])) or len(body.get("prompt", "").split())
@@ -189,11 +209,9 @@ class ChatServer:
 
 @pytest.fixture
 def chat_server():
-    server = ChatServer()
-    server.thread.start()
+    server = ChatServer().start()
     yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    server.stop()
 
 
 # ----------------------------------------------------------------------------------------------

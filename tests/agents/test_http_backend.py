@@ -137,8 +137,8 @@ def play(agent, steps: int, n_envs: int = 2):
 def test_spring_agent_over_http_parses_the_choice(chat_server):
     agent = spring_with(chat_server.base_url)
     traces = play(agent, steps=2)
-    assert [t.action for t in traces] == ["move_left"] * 4      # "Do not sleep ... Action: move_left"
-    assert all(t.parse_method == "final" and not t.fallback and not t.faults for t in traces)
+    assert [t.action for t in traces] == ["move west"] * 4      # "Do not sleep ... Action: move_left" (an alias)
+    assert all(t.parse_method == "exact" and not t.fallback and not t.faults for t in traces)
     assert all(len(t.nodes) == 9 and t.rounds == 7 for t in traces)
     assert len(chat_server.requests) == 2 * 2 * 9
     assert agent.stats.tokens_in == sum(t.tokens_in for t in traces) > 0
@@ -180,7 +180,7 @@ def test_failed_reading_is_a_recorded_fault_of_the_first_step(chat_server, tmp_p
         "context": {"document": str(document), "cache_dir": str(tmp_path / "cache")}}})
     first, second = play(agent, steps=2, n_envs=1)
     assert first.faults[0].startswith("context: 6 reading request(s) failed, e.g. HTTP 500")   # 2 relevance + 4 extraction
-    assert not second.faults and first.action == "move_left"           # the DAG still ran and answered
+    assert not second.faults and first.action == "move west"           # the DAG still ran and answered
     assert not list((tmp_path / "cache").glob("*.json"))
 
 
@@ -191,11 +191,11 @@ def test_direct_chat_agent_over_http(chat_server):
     env = envs.make("crafter")
     obs, info = env.reset(seed=0)
     agent.reset(info)
-    assert agent.act(obs, info) == "move_up"
+    assert agent.act(obs, info) == "move north"
     trace = agent.last_traces[0]
-    assert trace.parse_method == "final" and trace.rounds == 1 and len(trace.nodes) == 1
+    assert trace.parse_method == "exact" and trace.rounds == 1 and len(trace.nodes) == 1
     assert trace.nodes[0].question == "" and trace.nodes[0].token_actions() == []   # no DAG, no latent actions
     _, body, _ = chat_server.requests[0]
     system, user = (m["content"] for m in body["messages"])
     assert system == f"You are playing a text game. Objective: {info['task']}"
-    assert user.startswith("Recent observations:\nObjective:") and "noop, move_left" in user
+    assert user.startswith("Recent observations:\nObjective:") and "noop, move west" in user

@@ -46,6 +46,8 @@ def test_bwarea_backend_reports_text_tokens_and_cognitive_actions(tiny_backend):
         assert meta["tokens"] == [tiny_backend.tokenizer.decode([t]) for t in meta["token_ids"]]
         assert 1 <= completion.tokens_out <= 6 and all(0 <= a < 64 for a in meta["actions"])
         assert all(lp <= 0 for lp in meta["action_log_probs"])
+        assert [len(top) for top in meta["action_top"]] == [len(p) for p in meta["action_top_probs"]] == [5] * len(meta["actions"])
+        assert all(probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-3 for probs in meta["action_top_probs"])
         assert completion.text == tiny_backend.tokenizer.decode(meta["token_ids"], skip_special_tokens=True)
     assert [c.tokens_in for c in completions] == [len(tiny_backend.tokenizer(p)["input_ids"]) for p in PROMPTS]
 
@@ -123,6 +125,10 @@ def test_own_model_backend_runs_a_cola_model(tiny_cola_dir):
         choices = policy_choices(backend.model, backend.tokenizer(prompt)["input_ids"], meta["token_ids"])
         assert meta["actions"] == choices.argmax(-1).tolist()
         assert meta["action_log_probs"] == pytest.approx(choices.max(-1).values.tolist(), abs=1e-5)
+        # the top-5 alternatives a viewer shows: the policy's 5 most likely actions and their probabilities
+        top = choices.topk(5, dim=-1)
+        assert meta["action_top"] == top.indices.tolist()
+        assert torch.tensor(meta["action_top_probs"]) == pytest.approx(top.values.exp(), abs=1e-4)
 
 
 def test_own_model_backend_takes_prompt_actions(tiny_bwarea_dir, monkeypatch):

@@ -159,6 +159,18 @@ def test_generation_log_probs_equal_recomputation_from_policy_logits(model):
     assert torch.allclose(by_hand, out.action_log_probs, atol=1e-5)
 
 
+def test_reported_top_choices_are_the_policy_distribution_at_temperature_one(model):
+    prompt = tokens(2, 6)
+    out = model.generate(prompt, max_new_tokens=5, temperature=1.5, generator=torch.Generator().manual_seed(2),
+                         eos_token_id=[], report_top=5)
+    probs = model.policy_logits(out.sequences).softmax(-1)[:, 5:-1]
+    expected = probs.topk(5, dim=-1)
+    assert out.top_choices.shape == (2, 5, 5)
+    assert torch.equal(out.top_choices, expected.indices)
+    assert torch.allclose(out.top_choice_probs, expected.values, atol=1e-5)
+    assert model.generate(prompt, max_new_tokens=2, temperature=0.0).top_choices is None
+
+
 def test_sampling_is_reproducible_with_a_generator(model):
     prompt = tokens(2, 5)
     first = model.generate(prompt, max_new_tokens=6, temperature=2.0, generator=torch.Generator().manual_seed(7))

@@ -138,3 +138,18 @@ def test_environment_reveals_the_target_only_after_the_step(bbh_dir):
     assert zero_shot == f"Evaluate the result of a random Boolean expression.\n\nQ: {item.input}\nA:"
     with pytest.raises(ValueError, match="outside the test split"):
         env.reset(seed=10_000)
+
+
+@pytest.mark.parametrize("reply, task, expected", [
+    ("So the answer is so that the given facts and constraints are", "boolean_expressions", ""),
+    ("The answer is True. Then the answer is that we cannot say", "boolean_expressions", "True"),
+    ("the answer is maybe. Yes, I would walk back, so the answer is unclear", "navigate", "Yes"),
+    ("So the answer is circle.", "geometric_shapes", "circle"),           # an option's text
+    ("So the answer is the one I like", "date_understanding", ""),
+    ("Q:", "navigate", ""),
+    ("  Q: Is it true? A: yes", "navigate", ""),
+    ("So the answer is apple banana.", "word_sorting", "apple banana"),
+])
+def test_extraction_keeps_to_the_answer_set(reply, task, expected):
+    question = "Which shape?\nOptions:\n(A) circle\n(B) square" if task == "geometric_shapes" else None
+    assert extract_answer(reply, task, question) == expected

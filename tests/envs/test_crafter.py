@@ -6,7 +6,8 @@ import pytest
 from crafter import objects
 
 import envs
-from envs.crafter import ACHIEVEMENTS, ACTIONS, CrafterEnv, crafter_score, direction, parse_action, success_rates, visible
+from envs.crafter import (ACHIEVEMENTS, ACTION_ALIASES, ACTIONS, COMPASS, ENGINE_ACTIONS, CrafterEnv, crafter_score,
+                          direction, parse_action, success_rates, visible)
 from envs.crafter_explorer import CrafterExplorer
 
 
@@ -111,7 +112,7 @@ def test_descriptor_reports_vitals_inventory_state_and_extras(sandbox, crafter_e
     assert "- table 1 step to your east" in obs and "- tree 4 steps to your north-west" in obs
     assert "Your vitals: health 9/9, food 4/9, drink 9/9, energy 9/9." in obs
     assert "Your inventory: sapling 1, wood 3." in obs
-    assert "Your last action: move_right." in obs
+    assert "Your last action: move east." in obs         # compass names, as the observation speaks
     assert "It is day." in obs and "Within crafting range: table." in obs and "Achievements so far: none." in obs
     player.inventory["energy"] = 3
     obs, *_ = crafter_env.step("sleep")
@@ -122,19 +123,32 @@ def test_descriptor_reports_vitals_inventory_state_and_extras(sandbox, crafter_e
 
 
 def test_actions_parse_tolerantly_and_bad_ones_become_noop(sandbox, crafter_env):
-    assert parse_action("move_left") == (1, True)
-    for text, name in [("Move West", "move_left"), ("  MOVE_UP. ", "move_up"), ("go south", "move_down"),
+    assert parse_action("move_left") == (1, True) == parse_action("move west")
+    for text, name in [("Move West", "move west"), ("  MOVE_UP. ", "move north"), ("go south", "move south"),
                        ("Action: Do", "do"), ("place the table", "place_table"),
                        ("craft a wooden pickaxe", "make_wood_pickaxe"), ("Make Iron Sword", "make_iron_sword"),
                        ("noop", "noop"), ("11", "make_wood_pickaxe"), ("plant sapling", "place_plant")]:
         assert parse_action(text) == (ACTIONS.index(name), True), text
     assert len(ACTIONS) == 17 and len(ACHIEVEMENTS) == 22
+    assert ACTIONS[1:5] == ("move west", "move east", "move north", "move south")
+
     engine = sandbox()
     start = tuple(engine._player.pos)
     for bad in ["fly to the moon", "", "move diagonally", "17", "do do"]:
         obs, reward, terminated, truncated, info = crafter_env.step(bad)
         assert info["invalid_action"] and info["action"] == "noop" and tuple(engine._player.pos) == start, bad
         assert "Your last action: noop." in obs
+
+
+def test_every_alias_names_its_action_and_old_names_still_play(crafter_env):
+    for alias, name in ACTION_ALIASES.items():
+        assert name in ACTIONS and parse_action(alias) == (ACTIONS.index(name), True), alias
+    for old, new in COMPASS.items():
+        assert ACTION_ALIASES[old.replace("_", " ")] == new and ENGINE_ACTIONS[ACTIONS.index(new)] == old
+    crafter_env.reset(seed=0)
+    *_, info = crafter_env.step("move_left")
+    assert info["action"] == "move west" and not info["invalid_action"]
+    assert info["action_aliases"] == ACTION_ALIASES
 
 
 def test_scripted_sequence_unlocks_wood_table_and_pickaxe(sandbox, crafter_env):

@@ -56,6 +56,24 @@ def test_same_seed_same_game_and_cache_key(tw_cache, tmp_path):
     assert parts[0] == f"textworld-{tw.TEXTWORLD_VERSION}" and parts[1].startswith("coin-easy-") and parts[2] == "0"
 
 
+@pytest.mark.slow
+def test_missing_games_are_generated_in_parallel_processes_and_equal_sequential_ones(tw_cache, tmp_path):
+    cache = GameCache(tmp_path)
+    assert cache.ensure("coin-easy", [0, 1, 0], workers=2) == 2   # duplicates generated once
+    assert cache.ensure("coin-easy", [0, 1], workers=2) == 0      # nothing left to do
+    def game(cached) -> dict:
+        data = json.loads((cached.directory / "game.json").read_text())
+        # textworld serialises a set here: its order follows each process's string hashing, the game does not
+        data["grammar"]["names_to_exclude"] = sorted(data["grammar"]["names_to_exclude"], key=str)
+        return data
+
+    for seed in (0, 1):
+        parallel, sequential = cache.get("coin-easy", seed), GameCache(tw_cache).get("coin-easy", seed)
+        assert parallel.from_cache and game(parallel) == game(sequential)
+        assert parallel.meta["walkthrough"] == sequential.meta["walkthrough"]
+    assert not list(cache.game_dir("coin-easy", 0).parent.glob("*.tmp"))   # no half-written game left behind
+
+
 def test_cache_hit_skips_generation(tw_cache, monkeypatch):
     def no_generation(*args, **kwargs):
         raise AssertionError("a cached game was generated again")

@@ -100,3 +100,19 @@ def test_macro_average_without_a_standard_error():
     with pytest.raises(ValueError, match="at least one"):
         macro_average([])
     assert Estimate.from_dict(result.to_dict()) == result
+
+
+def test_balrog_progression_for_crafter_and_textworld():
+    crafter = [{"achievements": ["collect_wood", "place_table"], "return": 2.0, "steps": 10},
+               {"achievements": [], "return": 0.0, "steps": 10},
+               {"achievements": ["collect_wood"] * 3, "return": 1.0, "steps": 10}]   # repeats count once
+    metrics, _ = crafter_metrics(crafter)
+    # progression per episode: 2/22, 0, 1/22 -> mean 100 * 3 / 66 = 4.5454...
+    assert metrics["balrog_progression"].mean == pytest.approx(100 * 3 / 66)
+    assert metrics["balrog_progression"].n == 3 and metrics["balrog_progression"].unit == "%"
+    assert metrics["crafter_score"].mean != pytest.approx(metrics["balrog_progression"].mean)   # different metrics
+    textworld = [{"score": 1, "max_score": 4, "won": False, "return": 1.0, "steps": 80},
+                 {"score": 2, "max_score": 3, "won": True, "return": 2.0, "steps": 9},
+                 {"score": 0, "max_score": 0, "won": False, "return": 0.0, "steps": 80}]
+    # 25, 100 (won), 0 (no points, not won) -> mean 41.666...
+    assert textworld_metrics(textworld)["balrog_progression"].mean == pytest.approx(125 / 3)

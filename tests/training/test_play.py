@@ -125,9 +125,9 @@ def test_crafter_in_a_terminal_saves_frames_and_the_episode_at_end_of_input(term
     frames = tmp_path / "frames"
     play = terminal("--env", "crafter", "--seed", "0", "--frames", str(frames), "--frame_size", "64",
                     "--out", str(tmp_path / "out"))
-    assert "move_left" in play.expect("\n> ")        # the 17 actions are listed once
+    assert "move west" in play.expect("\n> ")        # the 17 actions are listed once
     play.send("move left\n")                          # Crafter's own parser reads names loosely
-    play.expect("[move_left]")
+    play.expect("[move west]")
     play.expect("\n> ")
     play.send("6\n")                                  # action 6 of the list: do
     play.expect("[do]")

@@ -179,3 +179,23 @@ def test_run_cli_exports_a_module_with_the_export_protocol(tmp_path):
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(TypeError, match="ExportOnTrainEnd needs Regression to define export_pretrained"):
         trainer.fit(Regression())
+
+
+def test_precision_auto_is_resolved_for_the_machine_printed_and_recorded(tmp_path, capsys, monkeypatch):
+    import training.runs
+    from training.hardware import Hardware
+
+    avx2 = Hardware(cpu_name="AMD EPYC 7B13", cpu_flags=frozenset({"avx2"}), cuda_device=None, cuda_bf16=False, cores=2)
+    monkeypatch.setattr(training.runs, "probe", lambda: avx2)
+    monkeypatch.setattr(torch, "set_num_threads", lambda count: None)  # the test process keeps its own threads
+    run_dir = run_cli(RegressionCLI, regression_args(tmp_path, "--trainer.max_steps", "2", "--run.threads", "1"))
+    config = (run_dir / "config.yaml").read_text()
+    assert config.startswith("# trainer.precision 32-true: CPU AMD EPYC 7B13 has no native bf16")
+    assert "\n  precision: 32-true\n" in config
+    printed = capsys.readouterr().out
+    assert "bwarea regress: running on CPU AMD EPYC 7B13 with precision 32-true" in printed and "torch threads: 1" in printed
+    # the run's name comes from the precision as asked for ("auto"), so the same command finds it on any machine
+    amx = Hardware(cpu_name="Xeon", cpu_flags=frozenset({"amx_bf16"}), cuda_device=None, cuda_bf16=False, cores=2)
+    monkeypatch.setattr(training.runs, "probe", lambda: amx)
+    assert cli_main(RegressionCLI, regression_args(tmp_path, "--trainer.max_steps", "2", "--run.threads", "1")) == 1
+    assert "already holds a run" in capsys.readouterr().err

@@ -188,7 +188,7 @@ def test_cola_runs_through_both_stages_and_fine_tuning(corpus, hf_model, tmp_pat
                    updates=1, rollout=RolloutConfig(max_turns=1, max_new_tokens=3, prompt_format="observation"))
     remax = FinetuneModule(str(export), **options)
     assert {id(p) for p in remax.trainable} == {id(p) for p in remax.policy_model.policy.parameters()}
-    episodes = remax.play([0, 1], greedy=False, generator=torch.Generator().manual_seed(0))
+    episodes = remax.play([0, 1], greedy=False, sampling_seeds=[0, 1])
     assert all(not e.dropped and e.turns for e in episodes)
     ppo = FinetuneModule(str(export), objective="ppo", **options)
     assert ppo.value_model.trunk.config.num_layers == lm.config.num_layers

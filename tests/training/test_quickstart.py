@@ -21,7 +21,7 @@ def test_micro_quickstart_reports_both_models_and_a_second_run_reuses_the_work(t
                  "--textworld_cache", str(tw_cache), "--threads", "1"]
     assert cli.main(arguments) == 0
     printed = capsys.readouterr().out
-    assert "| BWArea |" in printed and "| AR baseline |" in printed
+    assert "| BWArea |" in printed and "| AR baseline |" in printed and "| Random agent (uniform" in printed and "Against the random agent" in printed
     assert "SPRING chose" in printed and "choose" in printed  # the DAG trace of the demo, node by node
 
     summary = json.loads((out / "summary.json").read_text())
@@ -29,6 +29,7 @@ def test_micro_quickstart_reports_both_models_and_a_second_run_reuses_the_work(t
         for phase in ("before", "after"):
             success = summary["results"][model][phase]["success_rate"]
             assert success["n"] == 2 and 0.0 <= success["mean"] <= 100.0
+    assert summary["random_agent"]["success_rate"]["n"] == 2   # the same held-out games as the models
     assert summary["models"]["bwarea"]["trained_parameters"] < summary["models"]["bwarea"]["parameters"]
     assert summary["models"]["ar"]["trained_parameters"] == summary["models"]["ar"]["parameters"]
     for plot in summary["plots"]:

@@ -45,18 +45,60 @@ def test_greedy_episodes_are_deterministic_and_use_argmax_actions(model, tokeniz
             assert logits.argmax(-1).tolist() == turn.actions
 
 
-def test_sampled_episodes_reproduce_with_a_seeded_generator(model, tokenizer, tw_cache):
+def actions_of(episodes):
+    return [[t.actions for t in e.turns] for e in episodes]
+
+
+def test_sampled_episodes_reproduce_with_sampling_seeds(model, tokenizer, tw_cache):
     rollouts = engine(model, tokenizer, temperature=1.5)
-    run = lambda: rollouts.run(coin_game(tw_cache), [0, 1], generator=torch.Generator().manual_seed(3))  # noqa: E731
+    run = lambda: rollouts.run(coin_game(tw_cache), [0, 1], sampling_seeds=[3, 4])  # noqa: E731
     first, second = run(), run()
-    assert [[t.actions for t in e.turns] for e in first] == [[t.actions for t in e.turns] for e in second]
+    assert actions_of(first) == actions_of(second)
     greedy = rollouts.run(coin_game(tw_cache), [0, 1], greedy=True)
-    assert [[t.actions for t in e.turns] for e in first] != [[t.actions for t in e.turns] for e in greedy]
+    assert actions_of(first) != actions_of(greedy)
+    assert actions_of(rollouts.run(coin_game(tw_cache), [0, 1], sampling_seeds=[5, 4]))[0] != actions_of(first)[0]
+    with pytest.raises(ValueError, match="one per episode"):
+        rollouts.run(coin_game(tw_cache), [0, 1], sampling_seeds=[3])
+
+
+def test_an_episode_samples_the_same_whichever_batch_plays_it(model, tokenizer, tw_cache):
+    """What sharding a rollout batch over processes relies on: episode i depends on its own seeds only."""
+    rollouts = engine(model, tokenizer, temperature=1.5)
+    together = rollouts.run(coin_game(tw_cache), [0, 1, 2, 3], sampling_seeds=[10, 11, 12, 13])
+    odd = rollouts.run(coin_game(tw_cache), [1, 3], sampling_seeds=[11, 13])
+    alone = rollouts.run(coin_game(tw_cache), [2], sampling_seeds=[12])
+    assert actions_of(odd) == actions_of(together)[1::2]
+    assert actions_of(alone) == actions_of(together)[2:3]
+    for a, b in zip(odd, together[1::2]):
+        assert [x for t in a.turns for x in t.log_probs] == pytest.approx([x for t in b.turns for x in t.log_probs], abs=1e-5)
+
+
+def test_every_tensor_of_a_rollout_and_its_loss_is_made_on_the_model_device(model, tokenizer, tw_cache):
+    """With torch's default device set to "meta", a tensor created without naming a device is a meta tensor, and
+    mixing it with the model's real tensors fails: so this passes only if every tensor the engine, the batch builder
+    and the objective create names its device (the model's, or the host for staging) — the same bug that would put
+    a tensor on the CPU while the model is on a GPU. The CPU-only machine cannot run a CUDA model, hence meta."""
+    from training.objectives import get_objective
+
+    rollouts = engine(model, tokenizer, temperature=1.5)
+    torch.set_default_device("meta")
+    try:
+        episodes = rollouts.run(coin_game(tw_cache), [0, 1], sampling_seeds=[1, 2])
+        greedy = rollouts.run(coin_game(tw_cache), [0, 1], greedy=True)
+        log_probs, entropy = rollouts.policy_log_probs(episodes)
+        batch = build_rollout_batch(episodes, log_probs, entropy, [e.total_reward for e in greedy])
+        loss, _ = get_objective("remax")(batch, kl_coef=0.1)
+        loss.backward()
+    finally:
+        torch.set_default_device(None)
+    assert all(e.error is None for e in episodes + greedy) and loss.device.type == "cpu"
+    assert all(p.grad is not None and p.grad.device.type == "cpu" for p in model.policy_parameters())
+    model.zero_grad(set_to_none=True)
 
 
 def test_recomputed_log_probs_match_generation_and_reference(model, tokenizer, tw_cache):
     rollouts = engine(model, tokenizer)
-    episodes = rollouts.run(coin_game(tw_cache), [0, 1], generator=torch.Generator().manual_seed(0))
+    episodes = rollouts.run(coin_game(tw_cache), [0, 1], sampling_seeds=[0, 1])
     log_probs, entropy = rollouts.policy_log_probs(episodes)
     assert log_probs.requires_grad
     batch = build_rollout_batch(episodes, log_probs, entropy, baseline_returns=[0.0, 1.0])
