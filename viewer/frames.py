@@ -205,16 +205,11 @@ def png_bytes(frame: np.ndarray) -> bytes:
 
 
 def encode_animation(frames: Sequence[np.ndarray], extension: str, fps: float) -> bytes:
-    """An animated GIF (loops) or an MP4 (H.264; needs the imageio-ffmpeg package) of `frames`."""
+    """An animated GIF (loops) or an MP4 (H.264, through the imageio-ffmpeg package) of `frames`."""
     import imageio.v3 as iio
 
     if extension == ".gif":
         return iio.imwrite("<bytes>", np.stack(frames), extension=".gif", duration=1000.0 / fps, loop=0)
     if extension == ".mp4":
-        try:
-            import imageio_ffmpeg  # noqa: F401
-        except ImportError:
-            raise BadRun("MP4 export needs the imageio-ffmpeg package (pip install imageio-ffmpeg); "
-                         "GIF export works without it.") from None
         return iio.imwrite("<bytes>", np.stack(frames), extension=".mp4", fps=fps, plugin="FFMPEG")
     raise RunNotFound(f"unknown animation format {extension!r}; use .gif or .mp4.")
