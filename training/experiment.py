@@ -111,13 +111,12 @@ def ensure_games(preset: str, split: str, games: int, cache_dir: str | None = No
 
 def build_corpus(presets: Sequence[str], games: int, out: Path, cache_dir: str | None = None,
                  exploratory_per_game: int = 2, progress: bool = True) -> Path:
-    """TextWorld training-split transcripts (`bwarea data textworld`), built once under `out`, one process per core."""
+    """TextWorld training-split transcripts (`bwarea data textworld`), built once under `out`, one process per core
+    (each generates the games it needs into the cache)."""
     from envs.corpus import DirtyConfig, OutputConfig, TextWorldCorpusConfig, build_textworld_corpus
 
     plan = jsonable({"presets": list(presets), "games": games, "exploratory_per_game": exploratory_per_game})
     if not (out / "manifest.json").is_file() or _recorded_plan(out) != plan:
-        for preset in presets:
-            ensure_games(preset, "train", games, cache_dir, progress)
         build_textworld_corpus(
             TextWorldCorpusConfig(presets=list(presets), games=games, exploratory_per_game=exploratory_per_game,
                                   cache_dir=cache_dir),

@@ -227,8 +227,8 @@ class RolloutEngine:
                          sampling_seeds: Sequence[int] | None) -> list[torch.Generator] | None:
         if sampling_seeds is None:
             return None
-        return [torch.Generator(self.device).manual_seed((int(sampling_seeds[i]) * 1_000_003 + len(episodes[i].turns)) % 2**63)
-                for i in active]
+        seeds = [(int(sampling_seeds[i]) * 1_000_003 + len(episodes[i].turns)) % 2**63 for i in active]
+        return [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
 
     def _turn(self, episodes, envs, transcripts, observations, active, greedy, sampling_seeds) -> list[int]:
         prompts = [self._prompt_ids(transcripts[i], observations[i]) for i in active]

@@ -57,9 +57,9 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from training.hardware import AUTO, configure_threads, probe, resolve_precision, runtime_line, uses_gpu
 from bwarea.checkpoint import (TRAINING_INFO_FILE, CheckpointError, atomic_write, atomic_write_text,  # noqa: F401
                                read_training_info, replace_directory, write_training_info)
+from training.hardware import AUTO, configure_threads, probe, resolve_precision, runtime_line, uses_gpu
 
 
 
@@ -388,7 +388,6 @@ def _processes_per_machine(trainer: dict[str, Any]) -> int:
     return int(devices) if str(devices).isdigit() and int(devices) > 0 else 1
 
 
-
 class RunCLI(LightningCLI):
     """LightningCLI for a training command whose every invocation trains (or resumes) one run directory.
 
@@ -419,6 +418,9 @@ class RunCLI(LightningCLI):
         run_callbacks(settings, run)     the callbacks every run gets, see below
 
     What every run gets on top of LightningCLI:
+    - `trainer.precision: auto` by default, resolved for the machine before anything is built (bf16-mixed where
+      bf16 is native, else 32-true: training/hardware.py), torch threads set (`run.threads`), and one printed
+      line saying what runs where;
     - the `run:` section (RunSettings: name, root, overwrite, checkpoint cadence, wandb, peak FLOP/s) and
       `--ckpt_path` (a checkpoint file, or 'last' = the newest checkpoint of the run directory);
     - the run directory root/name opened (RunDirectory.open: an existing run is only reused when resuming or
