@@ -67,6 +67,21 @@ def tiny_ar_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     return directory
 
 
+def save_tiny_llama(directory: Path, tokenizer, **sizes) -> Path:
+    """A random LlamaForCausalLM (hidden 32, 2 layers unless `sizes` says otherwise) saved with `tokenizer`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                 max_position_embeddings=256)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+                                         **{**shape, **sizes}))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_backend(tiny_bwarea_dir):
     from agents.bwarea_backend import BWAreaBackend, BWAreaBackendConfig

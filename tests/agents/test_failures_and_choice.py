@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import envs
 from agents import make_agent
@@ -15,6 +14,7 @@ from agents.http_backend import OpenAIBackend, OpenAIConfig, redact
 from agents.llm import BackendUnavailable, CompletionRequest, Message
 from agents.transformers_backend import TransformersBackend, TransformersConfig
 from envs.crafter import ACTIONS
+from tests.agents.conftest import save_tiny_llama
 from tests.agents.test_http_backend import CHAT, backend_for, closed_port
 
 SECRET = "sk-live-0123456789abcdef"
@@ -72,15 +72,9 @@ def test_redact_removes_credential_shapes(text):
 
 @pytest.fixture(scope="module")
 def tiny_llama_dir(tmp_path_factory, tiny_tokenizer):
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=tiny_tokenizer.pad_token_id,
-        eos_token_id=tiny_tokenizer.eos_token_id, bos_token_id=tiny_tokenizer.eos_token_id))
-    directory = tmp_path_factory.mktemp("tiny_llama_choice")
-    model.save_pretrained(directory)
-    tiny_tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama_choice"), tiny_tokenizer, hidden_size=64,
+                           intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=2048)
 
 
 def log_likelihood(backend: TransformersBackend, prompt_ids: list[int], option: str) -> float:

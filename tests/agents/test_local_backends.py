@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 import bwarea
 from agents.bwarea_backend import BWAreaBackend, BWAreaBackendConfig
 from agents.llm import CompletionRequest, Message, render_plain_chat, trim_at_stop
 from agents.transformers_backend import TransformersBackend, TransformersConfig, resolve_model
+from tests.agents.conftest import save_tiny_llama
 
 PROMPTS = ["You see a tree", "Your vitals: health 9/9, food", "Valid actions: noop, move_left", "> go"]
 CHAT_TEMPLATE = ("{% for m in messages %}<|endoftext|>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
@@ -166,15 +167,7 @@ def test_own_model_backend_runs_a_converted_model(tiny_llama_dir, tmp_path, vari
 
 @pytest.fixture(scope="module")
 def tiny_llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=256, pad_token_id=tiny_tokenizer.pad_token_id,
-        eos_token_id=tiny_tokenizer.eos_token_id, bos_token_id=tiny_tokenizer.eos_token_id))
-    directory = tmp_path_factory.mktemp("tiny_llama")
-    model.save_pretrained(directory)
-    tiny_tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), tiny_tokenizer)
 
 
 def test_transformers_backend_batches_with_left_padding(tiny_llama_dir):
