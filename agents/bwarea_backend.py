@@ -13,6 +13,13 @@ the policy (`action_log_probs`); a trace gives them as `NodeTrace.token_actions(
 policy's `TOP_ACTIONS` most likely actions at that token (`action_top`, most likely first) and their
 probabilities at temperature 1 (`action_top_probs`, rounded to 4 digits), what a viewer shows on hover.
 
+`choose(requests, options)` (answer_format: choice) scores each option as the model's reply, log p(option | prompt)
+summed over its tokens. For the AR baseline that is its next-token likelihood. For a latent-action model it is the
+likelihood of the simulated LLM, scored as generation produces text: at each option token the action is
+marginalised under the policy, p(y_j | x, y_<j) = sum_a pi(a | x, y_<j) p_world(y_j | x, y_<j, a), with the earlier
+positions' actions labelled by the inverse dynamics (the two-stream scoring of stage-2 validation); this takes one
+world-model pass per action (K of them) over the request's options.
+
 Chat requests: our tokenizers have no chat template, so messages are rendered as plain text
 ("System: ...", "User: ...", then "Assistant:"); a model trained on game transcripts is usually
 better served by raw prompts (see `agents.direct_agent`).
@@ -97,3 +104,26 @@ class BWAreaBackend(LocalBackend):
                                                  for probs in output.top_choice_probs[row][keep].tolist()]}
             rows.append(GeneratedRow(token_ids, bool(output.finished[row]), metadata))
         return rows
+
+    @torch.no_grad()
+    def _option_log_likelihoods(self, prompt: list[int], option_ids: list[list[int]]) -> list[float]:
+        rows = [prompt + ids for ids in option_ids]
+        width = max(map(len, rows))
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, ids in enumerate(rows):   # right-padded: the prompt at the same positions in every row
+            input_ids[row, :len(ids)] = torch.tensor(ids)
+            mask[row, :len(ids)] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        targets = input_ids[:, 1:].unsqueeze(-1)
+        if not self.has_actions:
+            log_probs = self.model.policy_logits(input_ids, mask)[:, :-1].float().log_softmax(-1).gather(-1, targets).squeeze(-1)
+        else:
+            policy = self.model.policy_logits(input_ids, mask)[:, :-1].float().log_softmax(-1)      # (B, T-1, K)
+            world = torch.stack([
+                self.model.two_stream_logits(input_ids, torch.full((width,), action, device=self.device), mask)[:, :-1]
+                .float().log_softmax(-1).gather(-1, targets).squeeze(-1)
+                for action in range(policy.shape[-1])], dim=-1)                                          # (B, T-1, K)
+            log_probs = (policy + world).logsumexp(-1)
+        start = len(prompt) - 1   # position t predicts token t + 1: the option's tokens are predicted from here on
+        return [float(log_probs[row, start:start + len(ids)].sum()) for row, ids in enumerate(option_ids)]

@@ -8,18 +8,23 @@ tokenizer's chat template when it has one (and `chat_template` is on); otherwise
 as plain "Role: content" text ending in "Assistant:" (see `llm.render_plain_chat`). Prompts longer
 than the model's context minus the generation budget lose their oldest tokens; the completion's
 metadata says how many (`prompt_truncated`).
+
+`choose(requests, options)` (answer_format: choice) scores every option as the model's reply, log p(option |
+prompt) = the sum of its tokens' log-probabilities (each backend's `_option_log_likelihoods`), and picks the
+highest; the prompt keeps its newest tokens that leave room for the longest option.
 """
 
 from __future__ import annotations
 
 import time
 from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from agents.llm import Backend, Completion, CompletionRequest, failed, render_plain_chat, trim_at_stop
+from agents.llm import Backend, Choice, Completion, CompletionRequest, failed, render_plain_chat, trim_at_stop
 
 
 @dataclass
@@ -134,3 +139,32 @@ class LocalBackend(Backend):
                   stop: tuple[str, ...]) -> list[GeneratedRow]:
         """Continue each prompt (token ids, unpadded) by up to its budget of new tokens (rows may return more:
         they are cut afterwards)."""
+
+    def choose(self, requests: Sequence[CompletionRequest], options: Sequence[Sequence[str]]) -> list[Choice | None]:
+        """Per request, the option with the highest log p(option | prompt) (module docstring)."""
+        start = time.perf_counter()
+        choices = [self._choose_one(request, list(opts)) for request, opts in zip(requests, options)]
+        self._account([choice.completion for choice in choices], time.perf_counter() - start)
+        return choices
+
+    def _choose_one(self, request: CompletionRequest, options: list[str]) -> Choice:
+        if not options:
+            raise ValueError("choose needs at least one option per request.")
+        option_ids = [self.tokenizer(option, add_special_tokens=False)["input_ids"] or [self._fallback_id]
+                      for option in options]
+        [prompt], [lost] = self._encode([self.render(request)], self.max_context - max(map(len, option_ids)))
+        start = time.perf_counter()
+        scores: dict[str, float] = {}
+        for option, score in zip(options, self._option_log_likelihoods(prompt, option_ids)):
+            scores.setdefault(option, score)
+        best = max(scores, key=scores.get)
+        metadata: dict[str, Any] = {"choice_scores": {option: round(score, 4) for option, score in scores.items()}}
+        if lost:
+            metadata["prompt_truncated"] = lost
+        completion = Completion(text=best, tokens_in=len(prompt), tokens_out=0, finish_reason="choice",
+                                latency_s=time.perf_counter() - start, metadata=metadata)
+        return Choice(best, scores, completion)
+
+    @abstractmethod
+    def _option_log_likelihoods(self, prompt: list[int], option_ids: list[list[int]]) -> list[float]:
+        """log p(option | prompt) for each option (token ids; the prompt unpadded, at least one token)."""

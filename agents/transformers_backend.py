@@ -24,8 +24,6 @@ log p(option | prompt), and the highest wins.
 from __future__ import annotations
 
 import importlib.util
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,6 @@ from typing import Any
 import torch
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
-from agents.llm import Choice, Completion, CompletionRequest
 from agents.local_backend import GeneratedRow, LocalBackend
 from agents.prefix_cache import PrefixCache, batch_inputs
 
@@ -146,26 +143,15 @@ class TransformersBackend(LocalBackend):
         return rows
 
 
-    def choose(self, requests: Sequence[CompletionRequest], options: Sequence[Sequence[str]]) -> list[Choice | None]:
-        """Per request, the option with the highest log p(option | prompt) (see module docstring)."""
-        start = time.perf_counter()
-        choices = [self._choose_one(request, list(opts)) for request, opts in zip(requests, options)]
-        self._account([choice.completion for choice in choices], time.perf_counter() - start)
-        return choices
-
     @torch.no_grad()
-    def _choose_one(self, request: CompletionRequest, options: list[str]) -> Choice:
-        if not options:
-            raise ValueError("choose needs at least one option per request.")
-        option_ids = [self.tokenizer(option, add_special_tokens=False)["input_ids"] or [self._fallback_id]
-                      for option in options]
+    def _option_log_likelihoods(self, prompt: list[int], option_ids: list[list[int]]) -> list[float]:
+        """The prompt is encoded once (through the prefix cache); then every option goes through the model in one
+        batched pass over that cached prompt."""
         longest = max(map(len, option_ids))
-        [prompt], [lost] = self._encode([self.render(request)], self.max_context - longest)
-        start = time.perf_counter()
         cache = self.prefix_cache or PrefixCache(self.model, 1, 1)
         past, _ = cache.encode(prompt[:-1]) if len(prompt) > 1 else (None, 0)
         # each row: the prompt's last token, then the option (right-padded); row t's logits predict token t + 1
-        count = len(options)
+        count = len(option_ids)
         input_ids = torch.full((count, 1 + longest), self.pad_id, dtype=torch.long)
         mask = torch.zeros((count, len(prompt) - 1 + 1 + longest), dtype=torch.long)
         mask[:, :len(prompt)] = 1
@@ -184,16 +170,7 @@ class TransformersBackend(LocalBackend):
         log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         targets = input_ids[:, 1:].to(self.device)
         picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        scores = {}
-        for row, (option, ids) in enumerate(zip(options, option_ids)):
-            scores.setdefault(option, float(picked[row, :len(ids)].sum()))
-        best = max(scores, key=scores.get)
-        metadata = {"choice_scores": {option: round(score, 4) for option, score in scores.items()}}
-        if lost:
-            metadata["prompt_truncated"] = lost
-        completion = Completion(text=best, tokens_in=len(prompt), tokens_out=0, finish_reason="choice",
-                                latency_s=time.perf_counter() - start, metadata=metadata)
-        return Choice(best, scores, completion)
+        return [float(picked[row, :len(ids)].sum()) for row, ids in enumerate(option_ids)]
 
 
 class RowStopper(StoppingCriteria):

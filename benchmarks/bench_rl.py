@@ -82,7 +82,7 @@ def measure(objective: str, export: str, cache_dir: str, batch: int, updates: in
     module = FinetuneModule(export, env="textworld/coin-easy", env_options={"cache_dir": cache_dir}, task_pool=batch,
                             episodes_per_update=batch, updates=updates + 1, objective=objective,
                             rollout=RolloutConfig(max_turns=max_turns, max_new_tokens=tokens), learning_rate=1e-5,
-                            ppo_minibatches=ppo_minibatches, micro_batch_size=micro_batch_size)
+                            ratio_minibatches=ppo_minibatches, micro_batch_size=micro_batch_size)
     times: list[float] = []
 
     class Clock(L.Callback):

@@ -41,10 +41,14 @@ class ARLanguageModel(PretrainedModel):
         """All weights: for the AR model the policy is the whole language model."""
         return list(self.parameters())
 
+    def policy_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, V) logits of the action at t, which for the AR model is the next token."""
+        return self(input_ids, attention_mask)
+
     def action_log_probs(self, input_ids: torch.Tensor, actions: torch.Tensor,
                          attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """log p(a_t | x_{<=t}) with a_t = the token at t+1, and the entropy of each next-token distribution."""
-        return chosen_log_probs(self(input_ids, attention_mask)[:, : actions.shape[1]], actions)
+        return chosen_log_probs(self.policy_logits(input_ids, attention_mask)[:, : actions.shape[1]], actions)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **options) -> GenerationOutput:
         """Cached sampling; `actions` in the output are the generated tokens (options: `generate`)."""

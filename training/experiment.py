@@ -49,6 +49,8 @@ class PretrainBudget:
         built from it and the AR baseline is that LM, fine-tuned on the same blocks; both read with its tokenizer.
     tuning / policy_tuning / ar_tuning: what trains in stage 1, stage 2 and the AR baseline (full, actions,
         head, lora: training.pretrain), with `lora` the LoRA settings ({rank, alpha, dropout, targets}).
+    loss / gem_beta: the supervised loss of stage 2 (behaviour cloning) and of the AR baseline: "cross_entropy" or
+        "gem" with temperature gem_beta (training.gem); stage 1 always trains with its own losses.
     """
 
     preset: str = "tiny"
@@ -73,6 +75,8 @@ class PretrainBudget:
     cache_dir: str | None = None
     progress: bool = True
     seed: int = 0
+    loss: str = "cross_entropy"
+    gem_beta: float = 0.7
 
     @property
     def tokens(self) -> int:
@@ -191,24 +195,28 @@ def pretrain_pair(corpus: Path, root: Path, budget: PretrainBudget) -> dict[str,
         }
 
     lora = {"lora": budget.lora} if budget.lora else {}
+    loss = {"loss": budget.loss, "gem_beta": budget.gem_beta}
     shapes = {"preset": budget.preset, "architecture": budget.architecture}
     world = {**shapes, "tuning": budget.tuning, **lora}
-    ar = {**shapes, "tuning": budget.ar_tuning, **lora}
+    ar = {**shapes, "tuning": budget.ar_tuning, **lora, **loss}
     if budget.init_from is not None:
         world.update(init_from=budget.init_from, variant=budget.variant)
         context = {k: v for k, v in (budget.architecture or {}).items() if k == "max_position_embeddings"}
         ar.update(init_from=budget.init_from, architecture=context or None)
-    policy = {"stage1": str(RunDirectory(root / "world").export), "tuning": budget.policy_tuning, **lora}
+    policy = {"stage1": str(RunDirectory(root / "world").export), "tuning": budget.policy_tuning, **lora, **loss}
     jobs = [("world", "WorldModelStage", world, budget.steps, None),
             ("policy", "PolicyStage", policy, budget.policy_steps, None),
             ("ar", "ARBaseline", ar, budget.steps, str(RunDirectory(root / "world").export))]
     defaults = asdict(PretrainBudget())
-    # settings added with pretrained starts enter the plan only when set, so runs recorded before them still match
+    # settings added later (pretrained starts, the loss) enter the plan only when set, so runs recorded before them
+    # still match
+    optional = (*PRETRAINED_START_FIELDS, "loss", "gem_beta")
     common = {key: value for key, value in asdict(budget).items()
               if key not in ("steps", "policy_steps", "progress", "cache_dir")
-              and (key not in PRETRAINED_START_FIELDS or value != defaults[key])}
+              and (key not in optional or value != defaults[key])}
     # what a job does not depend on stays out of its plan (the AR baseline is the same run whatever BWArea tunes)
-    unrelated = {"world": ("policy_tuning", "ar_tuning"), "policy": ("ar_tuning",), "ar": ("tuning", "policy_tuning")}
+    unrelated = {"world": ("policy_tuning", "ar_tuning", "loss", "gem_beta"), "policy": ("ar_tuning",),
+                 "ar": ("tuning", "policy_tuning")}
     for name, class_path, init_args, steps, tokenizer in jobs:
         plan = {key: value for key, value in common.items() if key not in unrelated[name]}
         _check_plan(root / name, {**plan, "job": class_path, "corpus": corpus_fingerprint(corpus), "steps": steps})

@@ -3,18 +3,23 @@
     bwarea finetune --config configs/finetune/textworld-remax.yaml
     bwarea finetune --config configs/finetune/textworld-remax.yaml --ckpt_path last      # resume
 
-One update = one batch of rollouts and one optimizer step (ReMax, PM-RLHF, KL-RLHF), or a few
-epochs of minibatch steps (PPO). For BWArea only the cognitive policy is trained; the world model,
-inverse dynamics and codebook stay frozen. The same code fine-tunes the AR baseline (tokens are its
-actions, all weights train), which is the comparison every report shows.
+One update = one batch of rollouts and one optimizer step (ReMax, RLOO, PM-RLHF, KL-RLHF), or a few epochs of
+minibatch steps (the clipped-ratio objectives: PPO, GRPO, Dr. GRPO, REINFORCE++). What an update plays follows
+from the objective's registry entry (training/objectives.py): rollout.group_size samples per task, a greedy twin
+per task, a value model, the reference policy. For BWArea only the cognitive policy is trained; the world model,
+inverse dynamics and codebook stay frozen. The same code fine-tunes the AR baseline (tokens are its actions, all
+weights train), which is the comparison every report shows.
 
-Exact resume: the tasks of update u and the sampling generator are pure functions of (seed, u), and
-u is stored in the checkpoint with the weights and optimizer state.
+Checkpoints and logs count updates: Lightning's step advances once per update whatever the optimizer did (an
+update without learning signal takes no optimizer step but is still checkpointed). Exact resume: the tasks of
+update u and the sampling generators are pure functions of (seed, u), and u is stored in the checkpoint with the
+weights, the optimizer state and the (adaptive) objective options.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from dataclasses import asdict
@@ -30,7 +35,8 @@ import envs
 from bwarea import ScalarModel
 from bwarea.adaptation import prepare_tuning
 from bwarea.lora import LoraSettings, has_lora, merge_lora
-from training.objectives import OBJECTIVES, gae, get_objective, whiten
+from training.adam_mini import AdamMini, adam_mini_param_groups
+from training.objectives import OBJECTIVES, Needs, RolloutBatch, get_objective
 from training.reward_model import RewardScorer
 from training.rollout import Episode, ReferencePolicy, RolloutConfig, RolloutEngine, build_rollout_batch
 from training.runs import RunCLI, UserError, cli_main, peak_memory_mb, read_training_info, run_cli
@@ -38,7 +44,6 @@ from training.runs import RunCLI, UserError, cli_main, peak_memory_mb, read_trai
 TRAINABLE_PARTS = ("policy", "world", "inverse", "codebook")
 # model_type -> the token trunk PPO's value model copies (CoLA's policy reads the frozen LM's states)
 VALUE_TRUNKS = {"bwarea": "policy.trunk", "bwarea-cola": "lm", "bwarea-ar": "trunk"}
-GREEDY_BASELINE_OBJECTIVES = ("remax", "pm_rlhf", "conditional_pm_rlhf", "kl_rlhf")
 
 
 def task_seeds(update: int, per_update: int, pool: int, seed: int) -> list[int]:
@@ -82,12 +87,18 @@ class FinetuneModule(L.LightningModule):
             ["bbh/navigate", "bbh/web_of_lies"] (the task pool then holds task_pool tasks of each).
         env_options: keyword arguments for envs.make (the training split is always used).
         task_pool: training tasks per environment (indices 0..task_pool-1 of the training split / world seeds).
-        episodes_per_update: sampled episodes per update (ReMax also plays one greedy episode per task).
-        updates: number of updates (rollout batches) to run.
-        objective: "remax", "pm_rlhf", "conditional_pm_rlhf", "kl_rlhf" or "ppo".
-        objective_options: keyword arguments of the objective (e.g. beta, kl_coef, advantage_clip).
-        rollout: how episodes are played (horizon, tokens per turn, temperature, prompt format).
-        learning_rate / weight_decay / max_grad_norm: AdamW settings and gradient clipping of the policy.
+        episodes_per_update: sampled episodes per update, rollout.group_size per task (objectives with a greedy
+            baseline also play one greedy episode per task).
+        updates: number of updates (rollout batches) to run; checkpoints and logged steps count updates.
+        objective: a name of training.objectives.OBJECTIVES: "remax", "rloo", "pm_rlhf", "conditional_pm_rlhf",
+            "kl_rlhf", "grpo", "dr_grpo", "reinforce_pp" or "ppo".
+        objective_options: keyword arguments of the objective (e.g. beta, kl_coef, advantage_clip, baseline,
+            estimator, placement, gamma; PPO: gamma, lam, kl_coef, pm_coef, clip_ratio, value_coef, value_clip).
+        rollout: how episodes are played (horizon, tokens per turn, temperature, prompt format, group_size).
+        optimizer: "adamw" or "adam_mini" (training/adam_mini.py: one second moment per parameter block, about half
+            the optimizer state; weight decay then applies to linear and embedding weights only).
+        learning_rate / weight_decay / max_grad_norm: optimizer settings and gradient-norm clipping (the policy's and
+            PPO's value model's gradients are clipped separately).
         trainable: parts to train; BWArea fine-tuning trains only "policy" (anything else is refused).
         tuning: how the policy trains: "full" (BWArea: the whole cognitive policy; AR: every weight), "head"
             (BWArea/CoLA: only the K-way action head, the trunk stays as pretrained) or "lora" (LoRA adapters on the
@@ -97,32 +108,56 @@ class FinetuneModule(L.LightningModule):
             replaces the environment reward.
         max_bad_batches: consecutive skipped updates (non-finite loss/advantages, no usable episode)
             tolerated before the run stops with an error.
-        micro_batch_size: episodes per backward pass of ReMax / PM-RLHF / KL-RLHF (None: the whole batch in one
+        micro_batch_size: episodes per backward pass of the one-step objectives (None: the whole batch in one
             pass). Smaller bounds the activation memory at the cost of one extra gradient-free forward pass;
-            the gradient is the same up to float rounding. PPO splits its batch with ppo_minibatches instead.
-        ppo_epochs / ppo_minibatches / value_learning_rate / gae_gamma / gae_lambda: PPO settings.
+            the gradient is the same up to float rounding. The clipped-ratio objectives split their batch with
+            ratio_minibatches instead.
+        ratio_epochs / ratio_minibatches: epochs over the rollout batch and minibatches per epoch (reshuffled every
+            epoch) of the clipped-ratio objectives (PPO, GRPO, Dr. GRPO, REINFORCE++).
+        ratio_target_kl: clipped-ratio objectives stop an update's remaining minibatches once the mean KL between
+            the sampling policy and the current one exceeds 1.5 x this (None: never).
+        kl_target / kl_adapt_rate: adaptive KL coefficient (Ziegler et al., 2019): after every update the objective's
+            KL coefficient (its registry entry's kl_option: kl_coef, or beta for kl_rlhf) is multiplied by
+            1 + clip(KL / kl_target - 1, -0.2, 0.2) x kl_adapt_rate, with KL the update's mean KL to the reference
+            per action. None: the coefficient stays fixed.
+        value_learning_rate: learning rate of PPO's value model.
+        gradient_snr: log finetune/gradient_snr = |G|^2 / (estimated variance of G), the batch gradient's
+            signal-to-noise ratio, from the per-micro-batch gradients of the one-step objectives (needs
+            micro_batch_size smaller than the batch; holds two extra copies of the gradient).
         seed: seeds task order and sampling.
     """
 
     def __init__(self, pretrained: str, env: str | list[str] = "textworld/coin-easy", env_options: dict[str, Any] | None = None,
                  task_pool: int = 64, episodes_per_update: int = 8, updates: int = 50, objective: str = "remax",
                  objective_options: dict[str, Any] | None = None, rollout: RolloutConfig = RolloutConfig(),
-                 learning_rate: float = 3e-5, weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
+                 optimizer: Literal["adamw", "adam_mini"] = "adamw", learning_rate: float = 3e-5,
+                 weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
                  trainable: list[str] | None = None, tuning: Literal["full", "head", "lora"] = "full",
                  lora: LoraSettings = LoraSettings(), reward_model: str | None = None, max_bad_batches: int = 3,
-                 micro_batch_size: int | None = None, ppo_epochs: int = 4, ppo_minibatches: int = 2,
-                 value_learning_rate: float = 1e-4, gae_gamma: float = 1.0, gae_lambda: float = 0.95, seed: int = 0):
+                 micro_batch_size: int | None = None, ratio_epochs: int = 4, ratio_minibatches: int = 2,
+                 ratio_target_kl: float | None = None, kl_target: float | None = None, kl_adapt_rate: float = 0.1,
+                 value_learning_rate: float = 1e-4, gradient_snr: bool = False, seed: int = 0):
         super().__init__()
         self.save_hyperparameters({**locals_without_self(locals()), "rollout": asdict(rollout), "lora": asdict(lora)})
         self.automatic_optimization = False
         for name, value in (("task_pool", task_pool), ("episodes_per_update", episodes_per_update), ("updates", updates),
-                            ("micro_batch_size", 1 if micro_batch_size is None else micro_batch_size)):
+                            ("micro_batch_size", 1 if micro_batch_size is None else micro_batch_size),
+                            ("ratio_epochs", ratio_epochs), ("ratio_minibatches", ratio_minibatches)):
             if value < 1:
                 raise FinetuneError(f"model.{name} must be at least 1, got {value}.")
         if objective not in OBJECTIVES:
             raise FinetuneError(f"model.objective {objective!r} is unknown; choose one of: {', '.join(sorted(OBJECTIVES))}.")
         self.objective = get_objective(objective)
         self.objective_options = dict(objective_options or {})
+        try:
+            self.objective.check_options(self.objective_options)
+        except ValueError as error:
+            raise FinetuneError(f"model.objective_options: {error}") from None
+        self.needs: Needs = self.objective.needs(self.objective_options)
+        self._check_sampling(rollout, episodes_per_update, kl_target)
+        if gradient_snr and (micro_batch_size is None or self.objective.prepare is not None):
+            raise FinetuneError("model.gradient_snr is estimated from micro-batches: set model.micro_batch_size (smaller than "
+                                "the batch) and use a one-step objective (ReMax, RLOO, PM-RLHF, KL-RLHF).")
         self.rollout_config = rollout
         self.env_names = [env] if isinstance(env, str) else list(env)
         if not self.env_names:
@@ -143,15 +178,16 @@ class FinetuneModule(L.LightningModule):
         self.policy_model = bwarea.load_pretrained(pretrained)
         self.tokenizer = bwarea.load_tokenizer(pretrained)
         self._check_trainable(trainable or ["policy"])
-        if objective == "ppo" and tuning == "lora":
-            raise FinetuneError("model.tuning lora is not supported with PPO (its value model copies the policy trunk); "
-                                "use tuning: full or head, or another objective.")
+        if self.needs.value_model and tuning == "lora":
+            raise FinetuneError(f"model.tuning lora is not supported with {objective} (its value model copies the policy "
+                                "trunk); use tuning: full or head, or another objective.")
         try:
             self.trainable = prepare_tuning(self.policy_model, "policy", tuning, lora)
         except ValueError as error:
             raise FinetuneError(f"model.tuning: {error}") from None
         self.reference = ReferencePolicy(self.policy_model, self.trainable)
-        self.value_model = ScalarModel.from_trunk(self._policy_trunk(), self.policy_model.config) if objective == "ppo" else None
+        self.value_model = (ScalarModel.from_trunk(self._policy_trunk(), self.policy_model.config)
+                            if self.needs.value_model else None)
         scorer = None
         if reward_model is not None:
             reward_network = bwarea.load_pretrained(reward_model)
@@ -168,6 +204,27 @@ class FinetuneModule(L.LightningModule):
         self.dropped_episodes = 0
 
     # --- set-up -------------------------------------------------------------------------------
+    def _check_sampling(self, rollout: RolloutConfig, episodes_per_update: int, kl_target: float | None) -> None:
+        name = self.objective.name
+        if rollout.temperature <= 0:
+            raise FinetuneError(f"model.rollout.temperature must be positive for fine-tuning (got {rollout.temperature}): "
+                                "the objectives need sampled actions; log-probabilities are taken at that temperature.")
+        if rollout.group_size < self.needs.min_group_size:
+            raise FinetuneError(f"objective {name} compares samples of the same task: set model.rollout.group_size to at "
+                                f"least {self.needs.min_group_size} (got {rollout.group_size}).")
+        if episodes_per_update % rollout.group_size:
+            raise FinetuneError(f"model.episodes_per_update ({episodes_per_update}) must be a multiple of "
+                                f"model.rollout.group_size ({rollout.group_size}): it counts sampled episodes.")
+        if kl_target is not None:
+            option = self.objective.kl_option
+            if option is None:
+                raise FinetuneError(f"model.kl_target adapts a KL coefficient, and objective {name} has none; "
+                                    "drop kl_target or choose an objective with a KL term.")
+            if kl_target <= 0 or not self.objective_options.get(option, 0):
+                raise FinetuneError(f"model.kl_target needs a positive target and a positive starting "
+                                    f"objective_options.{option} (got {kl_target} and "
+                                    f"{self.objective_options.get(option, 0)}).")
+
     def _check_trainable(self, trainable: list[str]) -> None:
         unknown = sorted(set(trainable) - set(TRAINABLE_PARTS))
         if unknown:
@@ -202,10 +259,16 @@ class FinetuneModule(L.LightningModule):
         return [episodes[p] for p in range(len(tasks))]
 
     def configure_optimizers(self):
-        groups = [{"params": self.trainable, "lr": self.hparams.learning_rate}]
+        hp = self.hparams
+        if hp.optimizer == "adam_mini":
+            groups = adam_mini_param_groups(self.policy_model, self.trainable, weight_decay=hp.weight_decay, lr=hp.learning_rate)
+            if self.value_model is not None:
+                groups += adam_mini_param_groups(self.value_model, weight_decay=hp.weight_decay, lr=hp.value_learning_rate)
+            return AdamMini(groups)
+        groups = [{"params": self.trainable, "lr": hp.learning_rate}]
         if self.value_model is not None:
-            groups.append({"params": list(self.value_model.parameters()), "lr": self.hparams.value_learning_rate})
-        return torch.optim.AdamW(groups, weight_decay=self.hparams.weight_decay)
+            groups.append({"params": list(self.value_model.parameters()), "lr": hp.value_learning_rate})
+        return torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Updates(self), batch_size=None)
@@ -214,7 +277,8 @@ class FinetuneModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["finetune_state"] = {"completed_updates": self.completed_updates, "skipped_batches": self.skipped_batches,
                                         "dropped_episodes": self.dropped_episodes, "bad_batches": self.bad_batches,
-                                        "signal_free_updates": self.signal_free_updates}
+                                        "signal_free_updates": self.signal_free_updates,
+                                        "objective_options": dict(self.objective_options)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("finetune_state")
@@ -226,8 +290,10 @@ class FinetuneModule(L.LightningModule):
         self.dropped_episodes = state["dropped_episodes"]
         self.bad_batches = state["bad_batches"]
         self.signal_free_updates = state["signal_free_updates"]
+        option = self.objective.kl_option
+        if self.hparams.kl_target is not None and option in state.get("objective_options", {}):
+            self.objective_options[option] = state["objective_options"][option]  # the adapted coefficient, as it was
 
-    # --- one update -----------------------------------------------------------------------------
     # --- processes (Lightning DDP): each plays its share of the rollout batch -----------------------
     @property
     def world_size(self) -> int:
@@ -245,38 +311,45 @@ class FinetuneModule(L.LightningModule):
         return self.sum_over_processes(float(flag))[0] > 0
 
     def setup(self, stage: str) -> None:
-        if self.hparams.episodes_per_update % self.world_size:
+        if self.hparams.episodes_per_update % (self.world_size * self.rollout_config.group_size):
             raise FinetuneError(f"model.episodes_per_update ({self.hparams.episodes_per_update}) must be a multiple of the "
-                                f"{self.world_size} training processes, so that each plays an equal share of the batch.")
+                                f"{self.world_size} training processes x rollout.group_size "
+                                f"({self.rollout_config.group_size}), so that each process plays whole groups, an equal share.")
+        if str(self.trainer.precision) in ("16-mixed", "16-true"):
+            raise FinetuneError("trainer.precision 16 is not supported by fine-tuning (its gradient scaler would need "
+                                "Lightning to take every optimizer step); use auto, bf16-mixed or 32-true.")
 
     def training_step(self, update: int, batch_idx: int) -> None:
         hp = self.hparams
         started = time.perf_counter()
         tokens_before = self.engine.generated_tokens
-        tasks = task_seeds(update, hp.episodes_per_update, hp.task_pool * len(self.env_names), hp.seed)
-        # this process's share: positions rank, rank + W, ...; an episode's samples depend on (seed, update, position)
-        # only, so the batch is the same however many processes play it
-        positions = range(self.global_rank, len(tasks), self.world_size)
-        tasks = [tasks[p] for p in positions]
-        sampled = self.play(tasks, greedy=False,
-                            sampling_seeds=[(hp.seed * 1_000_003 + update) * 4099 + p for p in positions])
-        greedy = None
-        if hp.objective in GREEDY_BASELINE_OBJECTIVES and self.objective_options.get("baseline", "greedy") == "greedy":
-            greedy = self.play(tasks, greedy=True)
+        group = self.rollout_config.group_size
+        tasks = task_seeds(update, hp.episodes_per_update // group, hp.task_pool * len(self.env_names), hp.seed)
+        # this process's share: task positions rank, rank + W, ..., each with its whole group; a sample's actions depend
+        # on (seed, update, position, member) only, so the batch is the same however many processes play it
+        positions = list(range(self.global_rank, len(tasks), self.world_size))
+        members = [(p, k) for p in positions for k in range(group)]
+        sampled = self.play([tasks[p] for p, _ in members], greedy=False,
+                            sampling_seeds=[(hp.seed * 1_000_003 + update) * 4099 + p * group + k for p, k in members])
+        greedy = self.play([tasks[p] for p in positions], greedy=True) if self.needs.greedy_twin else None
+        greedy_of_sample = None if greedy is None else [greedy[i // group] for i in range(len(sampled))]
         dropped_before = self.dropped_episodes
-        kept, baselines = self._usable(sampled, greedy)
+        kept, twins, group_ids = self._usable(sampled, greedy_of_sample, [p for p, _ in members])
         metrics = self._episode_metrics(sampled, greedy, self.dropped_episodes - dropped_before)
+        metrics.update(self._pair_metrics(kept, twins, group_ids))
         kept_total, processes_without = (int(x) for x in self.sum_over_processes(len(kept), float(not kept)))
         if kept_total == 0:
             self._skip("no usable episode in this rollout batch (all dropped)")
         elif processes_without:
             self._skip(f"{processes_without} of {self.world_size} processes kept none of their episodes")
-        elif hp.objective == "ppo" and self.any_process(len(kept) * self.world_size != kept_total):
-            self._skip("dropped episodes left the processes unequal shares, and PPO's minibatch steps must match")
+        elif self.objective.prepare is not None and self.any_process(len(kept) * self.world_size != kept_total):
+            self._skip("dropped episodes left the processes unequal shares, and the minibatch steps must match")
         else:
-            update_metrics = (self._ppo_update(kept) if hp.objective == "ppo"
-                              else self._reinforce_update(kept, baselines, kept_total))
+            update_metrics = (self._ratio_update(kept, group_ids, update) if self.objective.prepare is not None
+                              else self._one_step_update(kept, twins, group_ids, kept_total))
             metrics.update(self._mean_over_processes(update_metrics))
+            self._adapt_kl_coefficient(metrics)
+        self._count_update()
         elapsed = time.perf_counter() - started
         generated = self.sum_over_processes(self.engine.generated_tokens - tokens_before)[0]
         metrics.update({"tokens_per_second": generated / max(elapsed, 1e-9),
@@ -291,18 +364,54 @@ class FinetuneModule(L.LightningModule):
                  batch_size=hp.episodes_per_update)
 
     def _episode_metrics(self, sampled: list[Episode], greedy: list[Episode] | None, dropped: int) -> dict[str, float]:
-        """Rewards and success over the whole rollout batch (all processes), and the dropped-episode count."""
+        """Rewards, success and lengths over the whole rollout batch (all processes), and the dropped-episode count."""
         def sums(episodes: list[Episode]) -> list[float]:
             kept = [e for e in episodes if not e.dropped]
-            return [sum(e.total_reward for e in kept), sum(e.won for e in kept), len(kept)]
+            return [sum(e.total_reward for e in kept), sum(e.won for e in kept), len(kept),
+                    sum(len(e.turns) for e in kept), sum(e.num_tokens for e in kept)]
 
-        local = sums(sampled) + (sums(greedy) if greedy is not None else [0.0, 0.0, 0.0]) + [dropped]
-        reward, wins, count, greedy_reward, _, greedy_count, dropped_total = self.sum_over_processes(*local)
+        local = sums(sampled) + (sums(greedy) if greedy is not None else [0.0] * 5) + [dropped]
+        reward, wins, count, turns, tokens, greedy_reward, _, greedy_count, _, _, dropped_total = self.sum_over_processes(*local)
         self.dropped_episodes += int(dropped_total) - dropped  # every process counts the whole batch's drops
-        metrics = {"reward/sampled": reward / max(count, 1), "success_rate": wins / max(count, 1),
-                   "episodes/dropped_total": float(self.dropped_episodes)}
+        count = max(count, 1)
+        metrics = {"reward/sampled": reward / count, "success_rate": wins / count, "episode_turns": turns / count,
+                   "episode_tokens": tokens / count, "episodes/dropped_total": float(self.dropped_episodes)}
         if greedy is not None:
             metrics["reward/greedy"] = greedy_reward / max(greedy_count, 1)
+        return metrics
+
+    def _pair_metrics(self, kept: list[Episode], twins: list[Episode] | None, group_ids: list[int]) -> dict[str, float]:
+        """Over the batch: the sampled episodes' win and tie rates against their greedy twin, the share of groups
+        whose samples all scored the same (no signal for a group baseline), and the PM divergence
+        E[(delta R / beta - delta log pi)^2] over pairs (two samples of a group, else a sample and its greedy twin;
+        log pi of a whole episode; beta = the objective's beta, 1 when it has none)."""
+        beta = float(self.objective_options.get("beta", 1.0))
+
+        def log_pi(episode: Episode) -> float:
+            return sum(sum(turn.log_probs) for turn in episode.turns)
+
+        pairs: list[tuple[Episode, Episode]] = []
+        groups: dict[int, list[Episode]] = {}
+        for episode, group in zip(kept, group_ids):
+            groups.setdefault(group, []).append(episode)
+        for members in groups.values():
+            pairs.extend(itertools.combinations(members, 2))
+        if not pairs and twins is not None:
+            pairs = list(zip(kept, twins))
+        divergence = sum(((a.total_reward - b.total_reward) / beta - (log_pi(a) - log_pi(b))) ** 2 for a, b in pairs)
+        wins = sum(e.total_reward > t.total_reward for e, t in zip(kept, twins or []))
+        ties = sum(e.total_reward == t.total_reward for e, t in zip(kept, twins or []))
+        multi = [members for members in groups.values() if len(members) > 1]
+        constant = sum(len({e.total_reward for e in members}) == 1 for members in multi)
+        wins, ties, twinned, constant, multi_count, divergence, pair_count = self.sum_over_processes(
+            wins, ties, len(twins or []), constant, len(multi), divergence, len(pairs))
+        metrics = {}
+        if twinned:
+            metrics.update({"win_rate_vs_greedy": wins / twinned, "tie_rate_vs_greedy": ties / twinned})
+        if multi_count:
+            metrics["constant_group_share"] = constant / multi_count
+        if pair_count:
+            metrics["pm_divergence"] = divergence / pair_count
         return metrics
 
     def _mean_over_processes(self, metrics: dict[str, float]) -> dict[str, float]:
@@ -313,15 +422,13 @@ class FinetuneModule(L.LightningModule):
         totals = self.sum_over_processes(*(metrics[name] for name in names))
         return {name: total / self.world_size for name, total in zip(names, totals)}
 
-    def _usable(self, sampled: list[Episode], greedy: list[Episode] | None) -> tuple[list[Episode], list[float] | None]:
-        """Episodes to learn from: ReMax pairs where both the sampled and the greedy episode survived."""
-        if greedy is None:
-            kept = [e for e in sampled if not e.dropped]
-            self.dropped_episodes += len(sampled) - len(kept)
-            return kept, None
-        pairs = [(s, g) for s, g in zip(sampled, greedy) if not s.dropped and not g.dropped]
-        self.dropped_episodes += sum(e.dropped for e in sampled + greedy)
-        return [s for s, _ in pairs], [g.total_reward for _, g in pairs]
+    def _usable(self, sampled: list[Episode], twins: list[Episode] | None, groups: list[int]
+                ) -> tuple[list[Episode], list[Episode] | None, list[int]]:
+        """Episodes to learn from, with their greedy twins and group ids: a sample is kept when it and (if there is
+        one) its greedy twin survived."""
+        self.dropped_episodes += sum(e.dropped for e in sampled) + len({id(t) for t in twins or [] if t.dropped})
+        rows = [i for i, e in enumerate(sampled) if not e.dropped and (twins is None or not twins[i].dropped)]
+        return ([sampled[i] for i in rows], None if twins is None else [twins[i] for i in rows], [groups[i] for i in rows])
 
     def _skip(self, reason: str) -> None:
         self.skipped_batches += 1
@@ -330,101 +437,176 @@ class FinetuneModule(L.LightningModule):
             raise FinetuneStopped(f"stopping fine-tuning: {self.bad_batches} consecutive updates were skipped (last: {reason}); "
                                   "check the rewards, the learning rate and the environment, then resume from the last checkpoint.")
 
-    def _optimizer_step(self, loss: torch.Tensor, parameters: list[torch.nn.Parameter],
-                        backward: Callable[[], None] | None = None) -> bool:
-        """Backward (`backward`, or through `loss` directly), clip, step; False when the update was not taken."""
+    # --- optimizer steps ---------------------------------------------------------------------------
+    def _parameter_sets(self) -> list[list[torch.nn.Parameter]]:
+        """The policy's trainable weights and (PPO) the value model's: their gradients are clipped separately."""
+        return [self.trainable] + ([list(self.value_model.parameters())] if self.value_model is not None else [])
+
+    def _optimizer_step(self, loss: torch.Tensor, backward: Callable[[], None] | None = None) -> dict[str, float]:
+        """Backward (`backward`, or through `loss` directly), clip each parameter set, step the torch optimizer.
+
+        Returns the gradient norm(s) before clipping; nothing is stepped when the loss or a gradient is not finite
+        (a skipped update) or when the gradient is exactly zero (no learning signal: an Adam step would still move
+        the weights along its momentum)."""
         if self.any_process(not bool(torch.isfinite(loss))):
-            self._skip(f"loss is {float(loss)} (on at least one process)")
-            return False
-        optimizer = self.optimizers()
+            self._skip(f"loss is {float(loss.detach())} (on at least one process)")
+            return {}
+        optimizer = self.optimizers().optimizer
         optimizer.zero_grad()
         if backward is None:
             self.manual_backward(loss)
         else:
             backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, self.hparams.max_grad_norm or math.inf)
-        if not torch.isfinite(grad_norm):
+        limit = self.hparams.max_grad_norm or math.inf
+        norms = [torch.nn.utils.clip_grad_norm_(parameters, limit) for parameters in self._parameter_sets()]
+        metrics = {"grad_norm": float(norms[0])} | ({"value_grad_norm": float(norms[1])} if len(norms) > 1 else {})
+        if not all(torch.isfinite(norm) for norm in norms):
             optimizer.zero_grad()
-            self._skip(f"gradient norm is {float(grad_norm)}")
-            return False
+            self._skip(f"gradient norm is {[float(n) for n in norms]}")
+            return metrics
         self.bad_batches = 0
-        if grad_norm == 0:
-            # every advantage was zero (e.g. sampled and greedy episodes all failed): no information, and an
-            # Adam step on a zero gradient would still move the weights along its momentum
+        if all(norm == 0 for norm in norms):
             self.signal_free_updates += 1
-            return False
+            return metrics
         optimizer.step()
-        return True
+        return metrics
 
-    def _reinforce_update(self, episodes: list[Episode], baselines: list[float] | None, kept_total: int) -> dict[str, float]:
+    def _count_update(self) -> None:
+        """Advance Lightning's step once per update, whatever the optimizer did: a step of the Lightning optimizer
+        with no gradients moves nothing (torch optimizers skip parameters without a gradient), so checkpoints
+        (run.checkpoint_every_n_steps) and logged steps count updates, and an update without signal is saved too."""
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        optimizer.step()
+
+    def _adapt_kl_coefficient(self, metrics: dict[str, float]) -> None:
+        """The proportional KL controller of `kl_target` (class docstring); logs the coefficient in use."""
+        option, target = self.objective.kl_option, self.hparams.kl_target
+        if target is None or "kl_to_reference" not in metrics:
+            return
+        error = max(-0.2, min(0.2, metrics["kl_to_reference"] / target - 1))
+        self.objective_options[option] = float(self.objective_options[option]) * (1 + error * self.hparams.kl_adapt_rate)
+        metrics["kl_coefficient"] = self.objective_options[option]
+
+    # --- one update ----------------------------------------------------------------------------
+    def _rollout_batch(self, episodes: list[Episode], scores: tuple[torch.Tensor, ...], twins: list[Episode] | None,
+                       group_ids: list[int]) -> RolloutBatch:
+        full = self.needs.full_distributions
+        return build_rollout_batch(episodes, scores[0], scores[1], None if twins is None else [t.total_reward for t in twins],
+                                   group_ids, scores[2] if full else None,
+                                   self.engine.reference_log_distributions(episodes) if full else None)
+
+    def _one_step_update(self, episodes: list[Episode], twins: list[Episode] | None, group_ids: list[int],
+                         kept_total: int) -> dict[str, float]:
         """One step on the loss over all processes' kept episodes: each process's loss (a mean over its episodes) is
         weighted by its share, W n_local / n_total, so that DDP's average of the gradients is the whole batch's."""
         micro = self.hparams.micro_batch_size
         in_micro_batches = micro is not None and micro < len(episodes)
+        full = self.needs.full_distributions
         with torch.set_grad_enabled(not in_micro_batches):
-            log_probs, entropy = self.engine.policy_log_probs(episodes)
+            scores = self.engine.policy_log_probs(episodes, full=full)
         if in_micro_batches:  # leaves: the loss is taken once, its gradient w.r.t. them pushed through the policy later
-            log_probs.requires_grad_(True)
-            entropy.requires_grad_(True)
-        batch = build_rollout_batch(episodes, log_probs, entropy, baselines)
+            for score in scores:
+                score.requires_grad_(True)
+        batch = self._rollout_batch(episodes, scores, twins, group_ids)
         if self.any_process(batch.baseline_returns is not None and not bool(torch.isfinite(batch.baseline_returns).all())):
             self._skip("non-finite greedy rewards")
             return {}
         if self.any_process(not bool(torch.isfinite(batch.token_rewards).all())):
             self._skip("non-finite rewards")
             return {}
-        loss, metrics = self.objective(batch, **self.objective_options)
+        loss, metrics = self.objective.compute_loss(batch, self.objective_options)
         share = self.world_size * len(episodes) / kept_total
         weighted = loss * share if share != 1 else loss
-        backward = self._micro_batch_backward(weighted, episodes, log_probs, entropy, micro) if in_micro_batches else None
-        self._optimizer_step(weighted, self.trainable, backward)
+        snr: list[float] = []
+        backward = self._micro_batch_backward(weighted, episodes, scores, micro, full, snr) if in_micro_batches else None
+        metrics.update(self._optimizer_step(weighted, backward))
+        if snr:
+            metrics["gradient_snr"] = snr[0]
         return {**metrics, "loss": float(loss.detach())}
 
-    def _micro_batch_backward(self, loss: torch.Tensor, episodes: list[Episode], log_probs: torch.Tensor,
-                              entropy: torch.Tensor, size: int) -> Callable[[], None]:
+    def _micro_batch_backward(self, loss: torch.Tensor, episodes: list[Episode], scores: tuple[torch.Tensor, ...],
+                              size: int, full: bool, snr: list[float]) -> Callable[[], None]:
         """Backward through the policy `size` episodes at a time, so only one micro-batch's activations are alive.
 
-        By the chain rule dL/dθ = Σ_{b,t} (∂L/∂log π_bt) ∂log π_bt/∂θ + (∂L/∂H_bt) ∂H_bt/∂θ, and the coefficients
-        ∂L/∂log π, ∂L/∂H come from the loss on the detached full batch; each micro-batch then backpropagates
-        Σ coefficient × (recomputed log π, H), which sums to the full-batch gradient for any objective."""
+        By the chain rule dL/dθ = Σ_{b,t} (∂L/∂log π_bt) ∂log π_bt/∂θ + (∂L/∂H_bt) ∂H_bt/∂θ (+ the same for the whole
+        log-distribution when the objective reads it), and the coefficients ∂L/∂(...) come from the loss on the
+        detached full batch; each micro-batch then backpropagates Σ coefficient × (recomputed value), which sums to
+        the full-batch gradient for any objective.
+
+        With model.gradient_snr, micro-batch j's gradient g_j (n_j episodes of n) gives the estimate x_j = (n / n_j) g_j
+        of the batch gradient G = sum_j g_j; snr receives |G|^2 / (s^2 / m), s^2 the sample variance of the m x_j."""
+        def flat_gradient() -> torch.Tensor:
+            return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().float() for p in self.trainable])
+
         def backward() -> None:
-            coefficients = torch.autograd.grad(loss, [log_probs, entropy], allow_unused=True)
+            coefficients = torch.autograd.grad(loss, list(scores), allow_unused=True)
+            estimates, previous = [], None
             for start in range(0, len(episodes), size):
                 rows = slice(start, start + size)
-                recomputed = self.engine.policy_log_probs(episodes[rows])
+                recomputed = self.engine.policy_log_probs(episodes[rows], full=full)
                 width = recomputed[0].shape[1]
                 terms = [(coefficient[rows, :width] * value).sum()
                          for coefficient, value in zip(coefficients, recomputed) if coefficient is not None]
                 if terms:
                     self.manual_backward(torch.stack(terms).sum())
+                if self.hparams.gradient_snr:
+                    current = flat_gradient()
+                    increment = current if previous is None else current - previous
+                    estimates.append(increment * len(episodes) / len(episodes[rows]))
+                    previous = current
+            if len(estimates) > 1:
+                stacked = torch.stack(estimates)
+                variance = float((stacked - stacked.mean(0)).square().sum(-1).sum() / (len(estimates) - 1))
+                snr.append(float(previous.square().sum()) / max(variance / len(estimates), 1e-30))
         return backward
 
-    def _ppo_update(self, episodes: list[Episode]) -> dict[str, float]:
+    def _ratio_update(self, episodes: list[Episode], group_ids: list[int], update: int) -> dict[str, float]:
+        """The clipped-ratio objectives: advantages once from the whole batch under the sampling policy (the
+        objective's `prepare`), then ratio_epochs epochs of ratio_minibatches minibatches, reshuffled every epoch;
+        the metrics are means over all minibatches taken."""
         hp = self.hparams
-        with torch.no_grad():
-            old_values = self.engine.values(self.value_model, episodes)
-        first = build_rollout_batch(episodes, torch.zeros_like(old_values))
-        advantages, returns = gae(first.token_rewards, old_values, first.mask, hp.gae_gamma, hp.gae_lambda)
-        advantages = whiten(advantages, first.mask)
-        if self.any_process(not bool(torch.isfinite(advantages).all())):
+        width = max(e.num_tokens for e in episodes)
+        placeholder = torch.zeros(len(episodes), width, device=self.device)
+        whole = build_rollout_batch(episodes, placeholder, group_ids=group_ids)
+        if self.value_model is not None:
+            with torch.no_grad():
+                whole.old_values = self.engine.values(self.value_model, episodes)
+        prepared = self.objective.prepare_batch(whole, self.objective_options)
+        if self.any_process(not bool(torch.isfinite(prepared.advantages).all())):
             self._skip("non-finite advantages")
             return {}
-        metrics: dict[str, float] = {}
-        order = torch.randperm(len(episodes), generator=torch.Generator().manual_seed(hp.seed + self.completed_updates))
-        parameters = [*self.trainable, *self.value_model.parameters()]
-        for _ in range(hp.ppo_epochs):
-            for rows in order.chunk(max(1, min(hp.ppo_minibatches, len(episodes)))):
+        totals: dict[str, float] = {}
+        steps = 0
+        minibatches = max(1, min(hp.ratio_minibatches, len(episodes)))
+        for epoch in range(hp.ratio_epochs):
+            order = torch.randperm(len(episodes), generator=torch.Generator().manual_seed(
+                (hp.seed * 1_000_003 + update) * 101 + epoch))
+            for rows in order.chunk(minibatches):
                 chosen = [episodes[i] for i in rows.tolist()]
                 log_probs, entropy = self.engine.policy_log_probs(chosen)
-                batch = build_rollout_batch(chosen, log_probs, entropy)
+                batch = build_rollout_batch(chosen, log_probs, entropy, group_ids=[group_ids[i] for i in rows.tolist()])
                 width = batch.mask.shape[1]
-                batch.values = self.engine.values(self.value_model, chosen)
-                batch.old_values = old_values[rows][:, :width]
-                batch.advantages = advantages[rows][:, :width]
-                batch.returns = returns[rows][:, :width]
-                loss, metrics = self.objective(batch, **self.objective_options)
-                self._optimizer_step(loss, parameters)
-        return {**metrics, "advantage_mean": float(advantages[first.mask].mean())}
+                batch.advantages = prepared.advantages[rows][:, :width]
+                if prepared.returns is not None:
+                    batch.returns = prepared.returns[rows][:, :width]
+                if self.value_model is not None:
+                    batch.values = self.engine.values(self.value_model, chosen)
+                    batch.old_values = prepared.old_values[rows][:, :width]
+                loss, metrics = self.objective.compute_loss(batch, self.objective_options)
+                metrics.update(self._optimizer_step(loss))
+                steps += 1
+                for name, value in metrics.items():
+                    totals[name] = totals.get(name, 0.0) + value
+                if hp.ratio_target_kl is not None and self.any_process(metrics["approx_kl_old"] > 1.5 * hp.ratio_target_kl):
+                    return self._minibatch_means(totals, steps, stopped_early=True, advantages=prepared)
+        return self._minibatch_means(totals, steps, stopped_early=False, advantages=prepared)
+
+    @staticmethod
+    def _minibatch_means(totals: dict[str, float], steps: int, stopped_early: bool, advantages: RolloutBatch) -> dict[str, float]:
+        return {**{name: value / steps for name, value in totals.items()}, "minibatch_steps": float(steps),
+                "stopped_early": float(stopped_early),
+                "advantage_abs_mean": float(advantages.advantages[advantages.mask].abs().mean())}
 
     # --- export (training.runs.ExportOnTrainEnd) --------------------------------------------
     def export_pretrained(self, directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
@@ -454,10 +636,14 @@ class FinetuneCLI(RunCLI):
     prog = "bwarea finetune"
     description = __doc__.split("\n\n")[0]
     model_class = FinetuneModule
-    # one pass over the update indices still to run (model.updates sets the length; under PPO an update takes
-    # several optimizer steps, so trainer.max_steps would not count updates)
-    trainer_defaults = {"max_epochs": 1, "log_every_n_steps": 1, "num_sanity_val_steps": 0, "enable_model_summary": False,
+    # Lightning's step counts updates (FinetuneModule._count_update), so model.updates is trainer.max_steps: a run
+    # resumed with more updates than it finished goes on from where it stopped (each epoch plays the updates still to run)
+    trainer_defaults = {"max_epochs": -1, "log_every_n_steps": 1, "num_sanity_val_steps": 0, "enable_model_summary": False,
                         "precision": "auto"}
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.link_arguments("model.updates", "trainer.max_steps")
 
 
 def run(args: list[str] | dict[str, Any] | None = None, exit_on_error: bool = False) -> Path:

@@ -35,8 +35,11 @@ from bwarea.adaptation import Variant, is_saved_model, prepare_tuning, start_mod
 from bwarea.codebook import usage_from_counts
 from bwarea.diagnostics import ActionInformation, action_information, flops_per_token
 from bwarea.lora import LoraSettings, has_lora, merge_lora
+from bwarea.model import chosen_log_probs
 from bwarea.pretrained_lm import init_codebook_kmeans
+from training.adam_mini import AdamMini, adam_mini_param_groups
 from training.data import PretrainData, tokenizer_fingerprint
+from training.gem import TrainedWithSupervisedLoss
 from training.runs import RunCLI, UserError, cli_main, read_training_info, run_cli
 
 STAGES = {"world": "stage 1 (WorldModelStage)", "policy": "stage 2 (PolicyStage)", "ar": "the AR baseline (ARBaseline)"}
@@ -50,9 +53,12 @@ class PretrainError(UserError, ValueError):
 
 @dataclass
 class OptimizerSettings:
-    """AdamW with linear warm-up, then cosine decay (or a constant rate); weight decay on weight matrices only.
+    """AdamW (or Adam-mini) with linear warm-up, then cosine decay (or a constant rate); weight decay on weight
+    matrices only.
 
     Args:
+        algorithm: "adamw", or "adam_mini" (training/adam_mini.py: one second-moment value per parameter block — per
+            head for Q/K, per output row elsewhere, one per norm — about half of AdamW's optimizer state).
         lr: Peak learning rate.
         weight_decay: Decoupled weight decay of linear and embedding weights (norms and the codebook are not decayed).
         betas: Adam beta1 and beta2.
@@ -62,6 +68,7 @@ class OptimizerSettings:
         min_lr_ratio: Final learning rate of the cosine schedule, as a fraction of lr.
     """
 
+    algorithm: Literal["adamw", "adam_mini"] = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
@@ -208,12 +215,20 @@ class PretrainingModule(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         settings = self.optimizer_settings
-        trainable = {id(p) for p in self.trainable_parameters()}
-        decayed = {id(m.weight) for m in self.modules() if isinstance(m, (nn.Linear, nn.Embedding))}
-        params = [p for p in self.parameters() if id(p) in trainable]
-        groups = [{"params": [p for p in params if id(p) in decayed], "weight_decay": settings.weight_decay},
-                  {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps)
+        if settings.algorithm == "adam_mini":
+            if isinstance(self.trainer.strategy, FSDPStrategy):
+                raise PretrainError("model.optimizer.algorithm adam_mini needs whole parameters to find its blocks, and FSDP "
+                                    "flattens them; use adamw under FSDP, or DDP with adam_mini.")
+            groups = adam_mini_param_groups(self.model, self.trainable_parameters(), weight_decay=settings.weight_decay)
+            optimizer = AdamMini(groups, lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps)
+        else:
+            trainable = {id(p) for p in self.trainable_parameters()}
+            decayed = {id(m.weight) for m in self.modules() if isinstance(m, (nn.Linear, nn.Embedding))}
+            params = [p for p in self.parameters() if id(p) in trainable]
+            groups = [{"params": [p for p in params if id(p) in decayed], "weight_decay": settings.weight_decay},
+                      {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
+            optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr, betas=tuple(settings.betas),
+                                          eps=settings.eps)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, functools.partial(lr_multiplier, settings=settings, max_steps=self.trainer.max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -453,14 +468,16 @@ def stage1_export_info(path: str) -> dict[str, Any]:
     return info
 
 
-class PolicyStage(PretrainingModule):
+class PolicyStage(TrainedWithSupervisedLoss, PretrainingModule):
     """Stage 2: the cognitive policy learns to predict the frozen inverse dynamics' action for every position
-    (behaviour cloning, cross-entropy over K actions); world model, inverse dynamics and codebook stay frozen.
-    Validation reports BC accuracy (top-1/top-5); the "simulated LLM" perplexity, scored as generation scores
-    text (two streams: history actions from the inverse dynamics, the current step's action from the policy,
-    greedy or sampled) and, under its own name, with the policy's actions at every position (all-policy); the
-    world model's perplexity under the ID's actions (the upper bound); the unigram perplexity (the floor);
-    and how much of the next token the action carries (nats, on the first `diagnostic_batches` batches).
+    (behaviour cloning over K actions, by cross-entropy or GEM); world model, inverse dynamics and codebook stay
+    frozen. Validation reports the BC cross-entropy (val/loss, whatever trains), BC accuracy (top-1/top-5), the
+    mean entropy of the policy's K-way distribution (val/action_entropy, nats); the "simulated LLM" perplexity,
+    scored as generation scores text (two streams: history actions from the inverse dynamics, the current step's
+    action from the policy, greedy or sampled) and, under its own name, with the policy's actions at every
+    position (all-policy); the world model's perplexity under the ID's actions (the upper bound); the unigram
+    perplexity (the floor); and how much of the next token the action carries (nats, on the first
+    `diagnostic_batches` batches).
 
     Args:
         stage1: Export directory of a stage-1 run (runs/<name>/export). Its tokenizer is used unless
@@ -473,14 +490,19 @@ class PolicyStage(PretrainingModule):
         lora: LoRA rank, alpha, dropout and target layers (tuning: lora).
         diagnostic_batches: Validation batches on which the action's information about the next token is
             estimated (about 2K world-model forward passes per batch: bwarea.diagnostics); 0 disables.
+        loss: The behaviour-cloning loss: "cross_entropy", or "gem" (training.gem: its gradient is softmax(z / gem_beta)
+            minus the one-hot label, which keeps the action distribution flatter, more diverse for RL to explore). A run
+            resumes only with the loss it was trained with.
+        gem_beta: GEM's temperature beta > 0 (loss: gem); 1 is cross-entropy, smaller is flatter.
     """
 
     stage = "policy"
 
     def __init__(self, stage1: str, optimizer: OptimizerSettings = OptimizerSettings(), sample_temperature: float = 1.0,
                  seed: int = 0, tuning: Literal["full", "head", "lora"] = "full", lora: LoraSettings = LoraSettings(),
-                 diagnostic_batches: int = 2):
+                 diagnostic_batches: int = 2, loss: Literal["cross_entropy", "gem"] = "cross_entropy", gem_beta: float = 0.7):
         super().__init__(optimizer, tuning, lora)
+        self.choose_loss(loss, gem_beta)
         self.stage1 = str(Path(stage1).expanduser())
         self.stage1_info = stage1_export_info(self.stage1)
         if sample_temperature <= 0:
@@ -513,24 +535,25 @@ class PolicyStage(PretrainingModule):
     def flops_per_token(self) -> float:
         return flops_per_token(self.model, self.data.block_size)["train_stage2"]
 
-    def behaviour_cloning(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(policy logits (B, T-1, K), inverse-dynamics labels (B, T-1), mean cross-entropy)."""
+    def behaviour_cloning(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(policy logits (B, T-1, K), inverse-dynamics labels (B, T-1))."""
         with torch.no_grad():
             labels = self.model.label_actions(batch)
-        logits = self.model.policy_logits(batch)[:, :-1]
-        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
-        return logits, labels, loss
+        return self.model.policy_logits(batch)[:, :-1], labels
 
     @staticmethod
     def hits(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
         return (logits.topk(k, dim=-1).indices == labels.unsqueeze(-1)).any(-1).sum()
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        logits, labels, loss = self.behaviour_cloning(batch)
+        logits, labels = self.behaviour_cloning(batch)
+        loss = self.training_loss(logits, labels)
         self.last_loss = loss.detach()
         count = labels.numel()
+        _, entropy = chosen_log_probs(logits.detach(), labels)
         _log_train(self, loss, {"train/bc_top1": self.hits(logits.detach(), labels, 1) / count,
-                                "train/bc_top5": self.hits(logits.detach(), labels, 5) / count})
+                                "train/bc_top5": self.hits(logits.detach(), labels, 5) / count,
+                                "train/action_entropy": entropy.mean()})
         return loss
 
     def simulated_nll(self, batch: torch.Tensor, temperature: float, generator: torch.Generator | None,
@@ -542,15 +565,17 @@ class PolicyStage(PretrainingModule):
         return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch[:, 1:].flatten())
 
     def validation_totals(self) -> dict[str, int]:
-        names = ("bc_nll", "top1", "top5", "greedy_nll", "sampled_nll", "all_policy_greedy_nll", "all_policy_sampled_nll",
-                 "id_nll", "tokens", *INFORMATION_TOTALS)
+        names = ("bc_nll", "action_entropy", "top1", "top5", "greedy_nll", "sampled_nll", "all_policy_greedy_nll",
+                 "all_policy_sampled_nll", "id_nll", "tokens", *INFORMATION_TOTALS)
         return {**{name: 1 for name in names}, "codes": self.model.config.num_actions}
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        logits, labels, loss = self.behaviour_cloning(batch)
+        logits, labels = self.behaviour_cloning(batch)
+        chosen, entropy = chosen_log_probs(logits, labels)
         tokens = labels.numel()
         totals = self._totals
-        totals.add("bc_nll", loss * tokens)
+        totals.add("bc_nll", -chosen.sum())  # cross-entropy whatever the training loss, so runs stay comparable
+        totals.add("action_entropy", entropy.sum())
         totals.add("top1", self.hits(logits, labels, 1))
         totals.add("top5", self.hits(logits, labels, 5))
         totals.add("codes", torch.bincount(labels.flatten(), minlength=self.model.config.num_actions))
@@ -568,8 +593,8 @@ class PolicyStage(PretrainingModule):
         if self._unigram is None:
             self._unigram = self.data.unigram_perplexity()
         tokens = totals["tokens"]
-        return {"val/loss": totals["bc_nll"] / tokens, "val/bc_top1": totals["top1"] / tokens,
-                "val/bc_top5": totals["top5"] / tokens,
+        return {"val/loss": totals["bc_nll"] / tokens, "val/action_entropy": totals["action_entropy"] / tokens,
+                "val/bc_top1": totals["top1"] / tokens, "val/bc_top5": totals["top5"] / tokens,
                 "val/sim_greedy_perplexity": (totals["greedy_nll"] / tokens).exp(),
                 "val/sim_sampled_perplexity": (totals["sampled_nll"] / tokens).exp(),
                 "val/sim_all_policy_greedy_perplexity": (totals["all_policy_greedy_nll"] / tokens).exp(),
@@ -581,11 +606,13 @@ class PolicyStage(PretrainingModule):
         return {**super().training_info(), "stage1": self.stage1}
 
 
-class ARBaseline(PretrainingModule):
+class ARBaseline(TrainedWithSupervisedLoss, PretrainingModule):
     """The autoregressive baseline: a Llama-style language model of the stage-1 world model's shape (same
     width, depth, vocabulary and context; bwarea.ARConfig.matching), trained on the same blocks with the
     same optimizer settings — give it the same data and trainer settings as the stage-1 run. When BWArea
     adapts a pretrained LM (init_from), the baseline is that same LM fine-tuned on the same data and budget.
+    Its next-token loss is cross-entropy or GEM; validation reports cross-entropy (val/loss, val/perplexity)
+    whatever trains, and the mean entropy of the next-token distribution (val/token_entropy, nats).
 
     Args:
         preset: BWArea size preset whose world model the baseline matches: tiny, small or 1b. Ignored with init_from.
@@ -596,14 +623,19 @@ class ARBaseline(PretrainingModule):
             or a directory written by `bwarea convert hf --variant ar`. Unset: train from scratch.
         tuning: "full" (every weight) or "lora" (LoRA adapters on the trunk, merged into the export).
         lora: LoRA rank, alpha, dropout and target layers (tuning: lora).
+        loss: The next-token loss: "cross_entropy" (fused with the head, chunked) or "gem" (training.gem; materialises
+            the (B, T, V) logits). A run resumes only with the loss it was trained with.
+        gem_beta: GEM's temperature beta > 0 (loss: gem); 1 is cross-entropy, smaller is flatter.
     """
 
     stage = "ar"
 
     def __init__(self, preset: Literal["tiny", "small", "1b"] = "tiny", architecture: dict[str, Any] | None = None,
                  optimizer: OptimizerSettings = OptimizerSettings(), init_from: str | None = None,
-                 tuning: Literal["full", "lora"] = "full", lora: LoraSettings = LoraSettings()):
+                 tuning: Literal["full", "lora"] = "full", lora: LoraSettings = LoraSettings(),
+                 loss: Literal["cross_entropy", "gem"] = "cross_entropy", gem_beta: float = 0.7):
         super().__init__(optimizer, tuning, lora)
+        self.choose_loss(loss, gem_beta)
         self.preset, self.architecture, self.init_from = preset, architecture, init_from
 
     def build_model(self) -> ARLanguageModel:
@@ -615,22 +647,31 @@ class ARBaseline(PretrainingModule):
         return flops_per_token(self.model, self.data.block_size)["train"]
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        loss = self.model.loss(batch)
+        if self.loss_name == "cross_entropy":
+            loss = cross_entropy = self.model.loss(batch)  # fused with the head: no (B, T, V) logits
+        else:
+            logits = self.model(batch[:, :-1])
+            loss = self.training_loss(logits, batch[:, 1:])
+            cross_entropy = -chosen_log_probs(logits.detach(), batch[:, 1:])[0].mean()
         self.last_loss = loss.detach()
-        _log_train(self, loss, {"train/perplexity": loss.detach().exp()})
+        _log_train(self, loss, {"train/perplexity": cross_entropy.detach().exp()})
         return loss
 
     def validation_totals(self) -> dict[str, int]:
-        return {"nll": 1, "tokens": 1}
+        return {"nll": 1, "token_entropy": 1, "tokens": 1}
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        tokens = batch[:, 1:].numel()
-        self._totals.add("nll", self.model.loss(batch).float() * tokens)
-        self._totals.add("tokens", tokens)
+        hidden = self.model.trunk(batch[:, :-1])
+        for row_hidden, row_targets in zip(hidden, batch[:, 1:]):  # one sequence's (T, V) logits at a time
+            chosen, entropy = chosen_log_probs(self.model.lm_head(row_hidden), row_targets)
+            self._totals.add("nll", -chosen.sum())
+            self._totals.add("token_entropy", entropy.sum())
+            self._totals.add("tokens", chosen.numel())
 
     def validation_metrics(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
         loss = totals["nll"] / totals["tokens"]
-        return {"val/loss": loss, "val/perplexity": loss.exp()}
+        return {"val/loss": loss, "val/perplexity": loss.exp(),
+                "val/token_entropy": totals["token_entropy"] / totals["tokens"]}
 
 
 # ----------------------------------------------------------------------------------------------

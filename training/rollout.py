@@ -39,11 +39,15 @@ class RolloutConfig:
         max_new_tokens: Tokens generated per turn (a command ends at the first newline).
         context_tokens: Prompt budget in tokens; default = model context - max_new_tokens.
         history_turns: Transcript turns kept in the prompt (fewer when the budget is exceeded).
-        temperature: Sampling temperature of the policy's choice (1.0 = on-policy sampling).
+        temperature: Sampling temperature of the policy's choice. Every log-probability the engine records or
+            recomputes (sampling, reference, training) is taken at this temperature, i.e. of softmax(logits / T), the
+            policy actually sampled, so objectives stay on-policy at any T > 0 (0 = greedy, for evaluation only).
         token_temperature: BWArea's world-model token temperature given the action (0 = greedy, so that
             transitions stay deterministic given the actions).
         prompt_format: "transcript" (task + recent turns, for multi-turn games) or "observation" (the
             observation is the whole prompt, for single-step tasks such as BIG-Bench Hard).
+        group_size: Fine-tuning only: sampled episodes per task and seed in a rollout batch (group baselines such as
+            RLOO and GRPO compare them); model.episodes_per_update counts sampled episodes and must be a multiple.
         compile: decode with static KV caches under torch.compile (`generate(compile=...)`): False, True
             ("reduce-overhead", i.e. CUDA graphs, on a GPU; "default" on a CPU) or a torch.compile mode. Each new
             batch size or prompt length bucket compiles once (tens of seconds on a CPU), so it pays off over a
@@ -57,13 +61,16 @@ class RolloutConfig:
     temperature: float = 1.0
     token_temperature: float = 0.0
     prompt_format: str = "transcript"
+    group_size: int = 1
     compile: bool | str = False
 
     def __post_init__(self) -> None:
         if self.prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}.")
-        if self.max_turns < 1 or self.max_new_tokens < 1:
-            raise ValueError("max_turns and max_new_tokens must be at least 1.")
+        if self.max_turns < 1 or self.max_new_tokens < 1 or self.group_size < 1:
+            raise ValueError("max_turns, max_new_tokens and group_size must be at least 1.")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
 
 
 @dataclass
@@ -118,15 +125,15 @@ class ReferencePolicy:
         self.snapshot = [parameter.detach().clone() for parameter in self.parameters]
 
     @torch.no_grad()
-    def action_log_probs(self, input_ids: torch.Tensor, actions: torch.Tensor,
-                         attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def policy_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The reference's action logits (B, T, K), as model.policy_logits."""
         if self.snapshot and self.snapshot[0].device != self.parameters[0].device:  # the model moved (e.g. to a GPU)
             self.snapshot = [frozen.to(parameter.device) for frozen, parameter in zip(self.snapshot, self.parameters)]
         current = [parameter.data for parameter in self.parameters]
         try:
             for parameter, frozen in zip(self.parameters, self.snapshot):
                 parameter.data = frozen
-            return self.model.action_log_probs(input_ids, actions, attention_mask)
+            return self.model.policy_logits(input_ids, attention_mask)
         finally:
             for parameter, data in zip(self.parameters, current):
                 parameter.data = data
@@ -149,6 +156,11 @@ class RolloutEngine:
             raise ValueError(f"context of {self.context_tokens} tokens left for prompts: raise the model's "
                              "max_position_embeddings or lower max_new_tokens.")
         self.generated_tokens = 0
+
+    @property
+    def scoring_temperature(self) -> float:
+        """The temperature log-probabilities are taken at: the sampling temperature (1 when sampling is greedy)."""
+        return self.config.temperature or 1.0
 
     @property
     def device(self) -> torch.device:
@@ -219,8 +231,11 @@ class RolloutEngine:
             if transcripts[index] is not None:
                 episode.transcript = transcripts[index].render()
         self._apply_reward_function(episodes)
+        kept = [e for e in episodes if not e.dropped]
+        if self.scoring_temperature != 1.0:  # generation records log-probs at temperature 1
+            self._record_log_probs(kept, self.model.policy_logits, "log_probs")
         if self.reference is not None:
-            self._reference_log_probs([e for e in episodes if not e.dropped])
+            self._record_log_probs(kept, self.reference.policy_logits, "ref_log_probs")
         return episodes
 
     def _turn_generators(self, episodes: list[Episode], active: list[int],
@@ -304,21 +319,45 @@ class RolloutEngine:
             generated[row, -count:] = True
         return ids, mask, actions.to(self.device), generated.to(self.device)
 
-    def _reference_log_probs(self, episodes: list[Episode]) -> None:
-        turns = [turn for episode in episodes for turn in episode.turns]
-        for start in range(0, len(turns), 32):
-            chunk = turns[start:start + 32]
-            ids, mask, actions, generated = self.turn_batch(chunk)
-            log_probs, _ = self.reference.action_log_probs(ids, actions, mask)
-            for row, turn in enumerate(chunk):
-                turn.ref_log_probs = log_probs[row][generated[row]].tolist()
-
-    def policy_log_probs(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, torch.Tensor]:
-        """log pi(a_t | s_t) with gradients and the policy entropy, (B, T) over each episode's generated tokens."""
-        turns = [turn for episode in episodes for turn in episode.turns]
+    def _log_distributions(self, policy_logits: Callable[..., torch.Tensor], turns: list[Turn]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-distribution (N, K), log-prob of the chosen action (N,)) at the N generated positions of `turns`, at
+        the scoring temperature."""
         ids, mask, actions, generated = self.turn_batch(turns)
-        log_probs, entropy = self.model.action_log_probs(ids, actions, mask)
-        return per_episode(episodes, log_probs[generated], entropy[generated])
+        logits = policy_logits(ids, mask)[:, : actions.shape[1]]
+        log_distribution = (logits.float() / self.scoring_temperature).log_softmax(-1)
+        chosen = log_distribution.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        return log_distribution[generated], chosen[generated]
+
+    @torch.no_grad()
+    def _record_log_probs(self, episodes: list[Episode], policy_logits: Callable[..., torch.Tensor], field_name: str) -> None:
+        """Set Turn.<field_name> to the chosen actions' log-probs under `policy_logits`, 32 turns per pass, in inference
+        mode as the actions were sampled."""
+        turns = [turn for episode in episodes for turn in episode.turns]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(turns), 32):
+                chunk = turns[start:start + 32]
+                values = self._log_distributions(policy_logits, chunk)[1].tolist()
+                for turn in chunk:
+                    setattr(turn, field_name, values[:len(turn.tokens)])
+                    values = values[len(turn.tokens):]
+        finally:
+            self.model.train(was_training)
+
+    def policy_log_probs(self, episodes: Sequence[Episode], full: bool = False) -> tuple[torch.Tensor, ...]:
+        """log pi(a_t | s_t) with gradients and the policy entropy, (B, T) over each episode's generated tokens; with
+        `full` also the whole log-distribution (B, T, K) (all at the scoring temperature)."""
+        turns = [turn for episode in episodes for turn in episode.turns]
+        log_distribution, chosen = self._log_distributions(self.model.policy_logits, turns)
+        entropy = -(log_distribution.exp() * log_distribution).sum(-1)
+        return per_episode(episodes, chosen, entropy, *((log_distribution,) if full else ()))
+
+    @torch.no_grad()
+    def reference_log_distributions(self, episodes: Sequence[Episode]) -> torch.Tensor:
+        """The reference policy's whole log-distribution (B, T, K) at each episode's generated positions."""
+        turns = [turn for episode in episodes for turn in episode.turns]
+        return per_episode(episodes, self._log_distributions(self.reference.policy_logits, turns)[0])[0]
 
     def values(self, value_model: torch.nn.Module, episodes: Sequence[Episode]) -> torch.Tensor:
         """V(s_t) (B, T) at every generated action position: the value model read where the policy chose."""
@@ -328,12 +367,12 @@ class RolloutEngine:
 
 
 def per_episode(episodes: Sequence[Episode], *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Scatter flat per-token values (episode-major, turn order) into (B, T) tensors padded with zeros."""
+    """Scatter flat per-token values (N, ...) (episode-major, turn order) into (B, T, ...) tensors padded with zeros."""
     lengths = [episode.num_tokens for episode in episodes]
     width = max(lengths, default=0)
     results = []
     for values in flat:
-        padded = values.new_zeros(len(episodes), width)
+        padded = values.new_zeros(len(episodes), width, *values.shape[1:])
         padded[_token_mask(lengths, width, values.device)] = values
         results.append(padded)
     return tuple(results)
@@ -344,8 +383,10 @@ def _token_mask(lengths: Sequence[int], width: int, device: torch.device | str) 
 
 
 def build_rollout_batch(episodes: Sequence[Episode], log_probs: torch.Tensor, entropy: torch.Tensor | None = None,
-                        baseline_returns: Sequence[float] | None = None) -> RolloutBatch:
-    """The objective's input for `episodes` (all kept, none dropped), given recomputed log-probs (B, T)."""
+                        baseline_returns: Sequence[float] | None = None, group_ids: Sequence[int] | None = None,
+                        log_policy: torch.Tensor | None = None, ref_log_policy: torch.Tensor | None = None) -> RolloutBatch:
+    """The objective's input for `episodes` (all kept, none dropped), given recomputed log-probs (B, T) (and, for
+    exact regularisers, the policy's and the reference's whole log-distributions (B, T, K))."""
     lengths = [episode.num_tokens for episode in episodes]
     width = log_probs.shape[1]
     host = torch.device("cpu")  # filled element by element on the host, then moved to the model's device once
@@ -364,11 +405,13 @@ def build_rollout_batch(episodes: Sequence[Episode], log_probs: torch.Tensor, en
             position += len(turn.tokens)
             token_rewards[row, position - 1] += turn.reward  # a turn's reward lands on its last token
     baselines = None if baseline_returns is None else torch.tensor(list(baseline_returns), dtype=torch.float32, device=host)
+    groups = None if group_ids is None else torch.tensor(list(group_ids), dtype=torch.long, device=host)
     on_device = lambda tensor: None if tensor is None else tensor.to(log_probs.device)  # noqa: E731
     return RolloutBatch(
         log_probs=log_probs, mask=on_device(mask), token_rewards=on_device(token_rewards),
         old_log_probs=on_device(old_log_probs), ref_log_probs=on_device(ref_log_probs), entropy=entropy,
-        baseline_returns=on_device(baselines),
+        baseline_returns=on_device(baselines), group_ids=on_device(groups), log_policy=log_policy,
+        ref_log_policy=ref_log_policy,
     )
 
 

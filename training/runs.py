@@ -84,7 +84,8 @@ class RunSettings:
             re-running the same command (with --ckpt_path last) finds the same run.
         root: Parent directory of the run directories.
         overwrite: Start afresh in a run directory that already holds a run, deleting its checkpoints, logs and export.
-        checkpoint_every_n_steps: Save a checkpoint every this many optimizer steps (and keep last.ckpt current).
+        checkpoint_every_n_steps: Save a checkpoint every this many training steps (and keep last.ckpt current): optimizer
+            steps when pretraining, updates (rollout batches) when fine-tuning.
         keep_checkpoints: Periodic checkpoints to keep, newest first; -1 keeps all. last.ckpt is always kept.
         wandb: Also log to Weights & Biases: offline by default, online when WANDB_MODE=online; WANDB_MODE=disabled
             turns it off. Credentials come only from wandb's own environment variables or login.
@@ -287,7 +288,9 @@ class DivergenceGuard(Callback):
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads).float() if grads else torch.zeros(())
+        if not grads:  # a step that moves nothing (fine-tuning counts its updates this way): nothing to check
+            return
+        norm = torch.nn.utils.get_total_norm(grads).float()
         loss = getattr(pl_module, "last_loss", None)
         pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False)
         bad = not bool(torch.isfinite(norm)) or (loss is not None and not bool(torch.isfinite(loss)))

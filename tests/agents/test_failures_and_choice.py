@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import bwarea
 import envs
 from agents import make_agent
 from agents.http_backend import OpenAIBackend, OpenAIConfig, redact
@@ -102,6 +103,42 @@ def test_choice_picks_the_highest_likelihood_option(tiny_llama_dir, share_prefix
         assert all(math.isclose(choice.scores[o], expected[o], abs_tol=1e-3) for o in options)
         assert choice.completion.finish_reason == "choice" and choice.completion.text == choice.option
     assert backend.rounds == 1 and backend.usage.requests == 2
+
+
+def brute_force_log_likelihood(model, prompt_ids: list[int], option_ids: list[int]) -> float:
+    """log p(option | prompt) of our own model, one unpadded row: the AR model's next-token likelihood, or for a
+    latent-action model the policy-marginalised world likelihood at each option token (history labelled by the
+    inverse dynamics), summed in float64 action by action."""
+    ids = torch.tensor([prompt_ids + option_ids])
+    with torch.no_grad():
+        policy = model.policy_logits(ids)[0].double().log_softmax(-1)
+        total = 0.0
+        for j, token in enumerate(option_ids):
+            t = len(prompt_ids) - 1 + j
+            if not bwarea.has_latent_actions(model):
+                total += float(policy[t, token])
+                continue
+            terms = [float(policy[t, a]) + float(model.two_stream_logits(ids, torch.full((ids.shape[1],), a))[0, t]
+                                                 .double().log_softmax(-1)[token])
+                     for a in range(model.config.num_actions)]
+            total += math.log(sum(math.exp(x) for x in terms))
+    return total
+
+
+@pytest.mark.parametrize("model_dir", ["tiny_bwarea_dir", "tiny_ar_dir"])
+def test_own_model_choice_scores_the_simulated_llm_likelihood(model_dir, request):
+    from agents.bwarea_backend import BWAreaBackend, BWAreaBackendConfig
+
+    backend = BWAreaBackend(BWAreaBackendConfig(model=str(request.getfixturevalue(model_dir))))
+    options = ["noop", "move_left", "do", "place_table"]    # different lengths: right padding must not leak
+    question = CompletionRequest(prompt="You see a tree to your west. Action:")
+    [choice] = backend.choose([question], [options])
+    prompt_ids = backend.tokenizer(question.prompt)["input_ids"]
+    expected = {o: brute_force_log_likelihood(backend.model, prompt_ids, backend.tokenizer(o, add_special_tokens=False)["input_ids"])
+                for o in options}
+    assert all(math.isclose(choice.scores[o], expected[o], abs_tol=1e-3) for o in options), (choice.scores, expected)
+    assert choice.option == max(expected, key=expected.get) and choice.completion.finish_reason == "choice"
+    assert backend.rounds == 1
 
 
 def test_choice_follows_a_known_preference(tiny_llama_dir):

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -21,6 +22,7 @@ from safetensors.torch import load_file
 import envs
 from bwarea import CheckpointError
 from training.experiment import PretrainBudget, build_corpus, evaluate_policy, pretrain_pair
+from training.objectives import OBJECTIVES
 from training.finetune import FinetuneCLI, FinetuneError, FinetuneModule, FinetuneStopped, run, task_seeds
 from training.rollout import RolloutConfig
 from training.runs import read_metrics, read_training_info
@@ -90,13 +92,13 @@ def test_remax_raises_the_training_reward_and_leaves_the_frozen_parts_bit_identi
         assert all(key in row for row in rows), key
 
 
-def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_run(models, tw_cache, tmp_path):
-    # PM-RLHF: every update takes an optimizer step, and checkpoints are still counted in optimizer steps (a ReMax
-    # run whose episodes all fail takes none and so writes no checkpoint: issue 14)
-    pm = {"objective": "pm_rlhf", "objective_options": {"beta": 0.1}}
-    reference = run(settings(models["ar"], tmp_path, tw_cache, "straight", **pm))
+def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_run_and_a_finished_run_extends(models, tw_cache, tmp_path):
+    # ReMax on short episodes that are rarely won: most updates have no learning signal and take no optimizer step,
+    # yet checkpoints count updates, so the kill still finds one to resume from (issue 14 §5b)
+    remax = {"objective": "remax"}
+    reference = run(settings(models["ar"], tmp_path, tw_cache, "straight", **remax, updates=8))
     config = tmp_path / "killed.yaml"
-    config.write_text(yaml.safe_dump(settings(models["ar"], tmp_path, tw_cache, "killed", **pm)))
+    config.write_text(yaml.safe_dump(settings(models["ar"], tmp_path, tw_cache, "killed", **remax)))
     command = [sys.executable, "-m", "training.cli", "finetune", "--config", str(config)]
     child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -109,12 +111,16 @@ def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_run(models, tw
     assert first_checkpoint.exists(), child.stderr.read().decode()[-2000:]
     assert not (tmp_path / "killed" / "export").exists(), "the run finished before it could be killed; lengthen it"
 
-    resumed = run({**settings(models["ar"], tmp_path, tw_cache, "killed", **pm), "ckpt_path": "last"})
-    straight, again = load_file(str(reference / "export" / "model.safetensors")), load_file(str(resumed / "export" / "model.safetensors"))
+    # resumed, it finishes its 6 updates; resumed again with more updates, the finished run goes on to 8
+    resumed = run({**settings(models["ar"], tmp_path, tw_cache, "killed", **remax), "ckpt_path": "last"})
+    assert read_training_info(resumed / "export")["updates"] == 6
+    extended = run({**settings(models["ar"], tmp_path, tw_cache, "killed", **remax, updates=8), "ckpt_path": "last"})
+    assert read_training_info(extended / "export")["updates"] == 8
+    straight, again = load_file(str(reference / "export" / "model.safetensors")), load_file(str(extended / "export" / "model.safetensors"))
     assert all(torch.equal(straight[name], again[name]) for name in straight)
     # the killed process may not have flushed its last CSV rows; no update is logged twice and the last is logged
-    steps = [row["step"] for row in read_metrics(resumed) if "finetune/reward/sampled" in row]
-    assert steps == sorted(set(steps)) and steps[-1] == 5
+    steps = [row["step"] for row in read_metrics(extended) if "finetune/reward/sampled" in row]
+    assert steps == sorted(set(steps)) and steps[-1] == 7
 
 
 class CrashingEnv:
@@ -137,8 +143,8 @@ class CrashingEnv:
 
 
 def module(models, tw_cache, **options) -> FinetuneModule:
-    return FinetuneModule(str(models["bwarea"]), env_options={"cache_dir": str(tw_cache)}, task_pool=2,
-                          episodes_per_update=2, rollout=RolloutConfig(**ROLLOUT), **options)
+    options = {"task_pool": 2, "episodes_per_update": 2, "rollout": RolloutConfig(**ROLLOUT), **options}
+    return FinetuneModule(str(models["bwarea"]), env_options={"cache_dir": str(tw_cache)}, **options)
 
 
 def fit(finetune: FinetuneModule) -> None:
@@ -160,24 +166,25 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(models, tw_cache, monke
         return (batch.log_probs * float("nan")).sum(), {}
 
     tolerant = module(models, tw_cache, updates=2, max_bad_batches=5)
-    monkeypatch.setattr(tolerant, "objective", nan_objective)
+    monkeypatch.setattr(tolerant, "objective", replace(tolerant.objective, loss=nan_objective))
     policy_before = [p.detach().clone() for p in tolerant.policy_model.policy_parameters()]
     fit(tolerant)
     assert tolerant.skipped_batches == 2
     assert all(torch.equal(a, b) for a, b in zip(policy_before, tolerant.policy_model.policy_parameters()))
 
     strict = module(models, tw_cache, updates=3, max_bad_batches=1)
-    monkeypatch.setattr(strict, "objective", nan_objective)
+    monkeypatch.setattr(strict, "objective", replace(strict.objective, loss=nan_objective))
     with pytest.raises(FinetuneStopped, match="2 consecutive updates were skipped"):
         fit(strict)
 
 
 def test_updates_without_learning_signal_leave_weights_and_optimizer_untouched(models, tw_cache, monkeypatch):
     finetune = module(models, tw_cache, updates=2)
-    monkeypatch.setattr(finetune, "objective", lambda batch, **options: ((batch.log_probs * 0.0).sum(), {}))
+    monkeypatch.setattr(finetune, "objective", replace(finetune.objective, loss=lambda batch: ((batch.log_probs * 0.0).sum(), {})))
     policy_before = [p.detach().clone() for p in finetune.policy_model.policy_parameters()]
     fit(finetune)
     assert finetune.signal_free_updates == 2 and finetune.skipped_batches == 0
+    assert finetune.trainer.global_step == 2   # Lightning's step counts updates, stepped or not (checkpoints follow it)
     assert all(torch.equal(a, b) for a, b in zip(policy_before, finetune.policy_model.policy_parameters()))
     assert not finetune.trainer.optimizers[0].state  # Adam never stepped, so no momentum to drift on
 
@@ -192,16 +199,67 @@ def test_micro_batched_backward_gives_the_full_batch_gradient(models, tw_cache, 
     for micro_batch_size in (None, 1):
         finetune = FinetuneModule(str(models[model]), env_options={"cache_dir": str(tw_cache)}, task_pool=4,
                                   episodes_per_update=4, updates=1, rollout=RolloutConfig(**ROLLOUT),
-                                  micro_batch_size=micro_batch_size, max_grad_norm=None)
-        monkeypatch.setattr(finetune, "objective", nonlinear_objective)
+                                  micro_batch_size=micro_batch_size, max_grad_norm=None,
+                                  gradient_snr=micro_batch_size is not None)
+        monkeypatch.setattr(finetune, "objective", replace(finetune.objective, loss=nonlinear_objective))
         fit(finetune)
         state = finetune.trainer.optimizers[0].state
         first_moments.append([state[p]["exp_avg"].clone() for p in finetune.policy_model.policy_parameters()])
+        snr = finetune.trainer.callback_metrics.get("finetune/gradient_snr")
+        assert (snr is None) == (micro_batch_size is None) and (snr is None or 0 < float(snr) < float("inf"))
     whole, micro = first_moments
     scale = max(float(m.abs().max()) for m in whole)
     assert scale > 0
     for a, b in zip(whole, micro):   # float32 sums in another order: equal to ~1e-5 of the gradient's scale
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("objective,extra", [("grpo", {"ratio_epochs": 2, "ratio_minibatches": 2}),
+                                             ("remax", {"optimizer": "adam_mini", "objective_options": {"baseline": "group"}})])
+def test_group_objectives_play_groups_of_the_same_task(models, tw_cache, monkeypatch, objective, extra):
+    finetune = FinetuneModule(str(models["bwarea"]), env_options={"cache_dir": str(tw_cache)}, task_pool=2,
+                              episodes_per_update=4, updates=1, objective=objective,
+                              rollout=RolloutConfig(**ROLLOUT, group_size=2), **extra)
+    played, real_play = [], finetune.play
+    monkeypatch.setattr(finetune, "play", lambda tasks, greedy, sampling_seeds=None: played.append(
+        (list(tasks), greedy, sampling_seeds)) or real_play(tasks, greedy, sampling_seeds))
+    captured = {}
+    # the whole batch: the loss of a one-step objective, the advantage pass of a clipped-ratio one (its loss sees minibatches)
+    role = "loss" if finetune.objective.prepare is None else "prepare"
+    real = getattr(finetune.objective, role)
+
+    def spy(batch, **options):
+        captured.setdefault("group_ids", batch.group_ids.tolist())
+        return real(batch, **options)
+
+    monkeypatch.setattr(finetune, "objective", replace(finetune.objective, **{role: spy}))
+    fit(finetune)
+    tasks, greedy, seeds = played[0]
+    assert not greedy and tasks[0] == tasks[1] and tasks[2] == tasks[3] and len(set(seeds)) == 4
+    assert [entry[0] for entry in played[1:]] == []  # a group baseline needs no greedy twin
+    assert captured["group_ids"][0] == captured["group_ids"][1] != captured["group_ids"][2] == captured["group_ids"][3]
+    assert finetune.completed_updates == 1 and finetune.trainer.global_step == 1
+    if objective == "grpo":
+        assert finetune.trainer.callback_metrics["finetune/minibatch_steps"] == 4   # 2 epochs x 2 minibatches
+
+
+def test_adaptive_kl_coefficient_is_controlled_and_checkpointed(models, tw_cache):
+    # the KL to the reference stays far below a target of 10, so each update multiplies the coefficient by 1 - 0.2 x 0.1
+    finetune = module(models, tw_cache, updates=2, objective_options={"kl_coef": 0.1}, kl_target=10.0,
+                      rollout=RolloutConfig(**ROLLOUT, group_size=2), episodes_per_update=4)
+    played, real_play = [], finetune.play
+    finetune.play = lambda tasks, greedy, sampling_seeds=None: played.append((list(tasks), greedy)) or real_play(
+        tasks, greedy, sampling_seeds)
+    fit(finetune)
+    # ReMax with a group: one greedy twin per task, shared by the task's two samples
+    sampled_tasks, twin_tasks = played[0][0], played[1][0]
+    assert played[1][1] and twin_tasks == sampled_tasks[::2] and sampled_tasks[::2] == sampled_tasks[1::2]
+    assert finetune.objective_options["kl_coef"] == pytest.approx(0.1 * 0.98 ** 2)
+    checkpoint: dict = {}
+    finetune.on_save_checkpoint(checkpoint)
+    resumed = module(models, tw_cache, updates=2, objective_options={"kl_coef": 0.1}, kl_target=10.0)
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.objective_options["kl_coef"] == pytest.approx(0.1 * 0.98 ** 2)
 
 
 def test_greedy_baseline_replays_the_same_games_with_argmax_actions(models, tw_cache):
@@ -222,6 +280,18 @@ def test_bad_configurations_fail_with_one_clear_error(models, tw_cache, tmp_path
         module(models, tw_cache, objective="reinforce")
     with pytest.raises(FinetuneError, match="micro_batch_size must be at least 1, got 0"):
         module(models, tw_cache, micro_batch_size=0)
+    with pytest.raises(FinetuneError, match="group_size to at least 2"):
+        module(models, tw_cache, objective="rloo")
+    with pytest.raises(FinetuneError, match="multiple of model.rollout.group_size"):
+        module(models, tw_cache, objective="rloo", episodes_per_update=3, rollout=RolloutConfig(**ROLLOUT, group_size=2))
+    with pytest.raises(FinetuneError, match="temperature must be positive"):
+        module(models, tw_cache, rollout=RolloutConfig(**ROLLOUT, temperature=0.0))
+    with pytest.raises(FinetuneError, match="has no option.*'kl_cof'"):
+        module(models, tw_cache, objective_options={"kl_cof": 0.1})
+    with pytest.raises(FinetuneError, match="gradient_snr is estimated from micro-batches"):
+        module(models, tw_cache, gradient_snr=True)
+    with pytest.raises(FinetuneError, match="pm_rlhf has none"):
+        module(models, tw_cache, objective="pm_rlhf", kl_target=0.1)
     with pytest.raises(FinetuneError, match="stage 'world'.*stage-2"):
         FinetuneModule(str(models["world"]), env_options={"cache_dir": str(tw_cache)})
     with pytest.raises(CheckpointError, match="does not exist"):
@@ -236,7 +306,7 @@ def test_shipped_configs_parse(path):
     model = cli.config.model
     environments = [model.env] if isinstance(model.env, str) else model.env
     assert all(name in envs.names() for name in environments)
-    assert model.objective in ("remax", "pm_rlhf", "ppo")
+    assert model.objective in OBJECTIVES
 
 
 @pytest.mark.slow
@@ -245,9 +315,11 @@ def test_two_process_ddp_finetune_reaches_the_single_process_weights(models, tw_
     """Lightning DDP over 2 CPU processes (gloo): each plays half of every rollout batch (its own tasks and sampling
     seeds, the greedy twins on the same process), gradients are averaged by DDP with each process's loss weighted
     by its share; the weights equal the single-process run with the same global batch."""
-    # PM-RLHF: its per-token term gives a gradient even when no episode is won (ReMax would then take no step)
+    # PM-RLHF: its per-token term gives a gradient even when no episode is won (ReMax would then take no step); the
+    # sampled estimator, because the exact one's per-position baseline is taken over each process's own episodes
+    # (unbiased either way, but then not the same numbers as one process)
     options = {"updates": 3, "learning_rate": 3e-3, "micro_batch_size": micro_batch_size, "objective": "pm_rlhf",
-               "objective_options": {"beta": 0.1}}
+               "objective_options": {"beta": 0.1, "estimator": "sampled"}}
     single = run(settings(models["bwarea"], tmp_path, tw_cache, "single", **options))
     config = tmp_path / "ddp.yaml"
     config.write_text(yaml.safe_dump({**settings(models["bwarea"], tmp_path, tw_cache, "ddp", **options),

@@ -140,8 +140,13 @@ def test_stage1_lowers_validation_loss_and_logs_codebook_health(stage1):
 
 
 def test_stage2_clones_actions_far_above_chance_and_simulates_an_llm_better_than_unigrams(stage1, corpus, root):
-    policy = run(["--config", write_config(root / "stage2.yaml", config(corpus, root, "PolicyStage", stage1=str(stage1 / "export"))),
+    # with Adam-mini (stage 1 and the AR baseline train with AdamW): its blocks' second moments are in the checkpoint
+    adam_mini = {"algorithm": "adam_mini", "lr": 3e-3, "warmup_steps": 5}
+    policy = run(["--config", write_config(root / "stage2.yaml", config(corpus, root, "PolicyStage", stage1=str(stage1 / "export"),
+                                                                        optimizer=adam_mini)),
                   "--run.name", "policy"])
+    state = torch.load(policy / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]["state"]
+    assert state and all("block_exp_avg_sq" in entry and "exp_avg_sq" not in entry for entry in state.values())
     val = rows_with(policy, "val/bc_top1")
     last = val[-1]
     assert last["val/bc_top1"] > 4 / 64 and last["val/bc_top5"] > last["val/bc_top1"] and last["val/loss"] < val[0]["val/loss"]

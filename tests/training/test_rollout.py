@@ -4,6 +4,7 @@ import torch
 
 import envs
 from bwarea import BWAreaConfig, BWAreaModel, train_tokenizer
+from bwarea.model import chosen_log_probs
 from training.rollout import ReferencePolicy, RolloutConfig, RolloutEngine, build_rollout_batch, summarize
 
 CORPUS = ["Objective: find the coin.\nYou are in a cellar.\n> go west\nYou arrive in a studio.\n> take coin\n"] * 40
@@ -87,7 +88,7 @@ def test_every_tensor_of_a_rollout_and_its_loss_is_made_on_the_model_device(mode
         greedy = rollouts.run(coin_game(tw_cache), [0, 1], greedy=True)
         log_probs, entropy = rollouts.policy_log_probs(episodes)
         batch = build_rollout_batch(episodes, log_probs, entropy, [e.total_reward for e in greedy])
-        loss, _ = get_objective("remax")(batch, kl_coef=0.1)
+        loss, _ = get_objective("remax").compute_loss(batch, {"kl_coef": 0.1, "estimator": "sampled"})
         loss.backward()
     finally:
         torch.set_default_device(None)
@@ -108,14 +109,14 @@ def test_recomputed_log_probs_match_generation_and_reference(model, tokenizer, t
     assert torch.allclose(batch.ref_log_probs[batch.mask], batch.old_log_probs[batch.mask], atol=1e-5)
     # after an update the reference still scores with the starting weights, and leaves the updated ones in place
     ids, mask, actions, generated = rollouts.turn_batch([t for e in episodes for t in e.turns])
-    before, _ = rollouts.reference.action_log_probs(ids, actions, mask)
+    before, _ = chosen_log_probs(rollouts.reference.policy_logits(ids, mask)[:, :actions.shape[1]], actions)
     original = [parameter.detach().clone() for parameter in model.policy_parameters()]
     try:
         with torch.no_grad():
             for parameter in model.policy_parameters():
                 parameter.add_(0.05 * torch.randn_like(parameter))
         updated = [parameter.detach().clone() for parameter in model.policy_parameters()]
-        after, _ = rollouts.reference.action_log_probs(ids, actions, mask)
+        after, _ = chosen_log_probs(rollouts.reference.policy_logits(ids, mask)[:, :actions.shape[1]], actions)
         assert torch.equal(before, after)
         assert not torch.allclose(model.action_log_probs(ids, actions, mask)[0][generated], after[generated])
         assert all(torch.equal(p, u) for p, u in zip(model.policy_parameters(), updated))
@@ -123,6 +124,23 @@ def test_recomputed_log_probs_match_generation_and_reference(model, tokenizer, t
         with torch.no_grad():  # the model is shared by this module's tests
             for parameter, value in zip(model.policy_parameters(), original):
                 parameter.copy_(value)
+
+
+def test_log_probs_are_taken_at_the_sampling_temperature(model, tokenizer, tw_cache):
+    """Sampling at T != 1 while differentiating log softmax(logits) would bias every objective: the engine records
+    and recomputes log-probs of softmax(logits / T), the policy that was sampled."""
+    rollouts = engine(model, tokenizer, temperature=1.7)
+    episodes = rollouts.run(coin_game(tw_cache), [0, 1], sampling_seeds=[4, 5])
+    log_probs, entropy = rollouts.policy_log_probs(episodes)
+    batch = build_rollout_batch(episodes, log_probs, entropy)
+    torch.testing.assert_close(batch.log_probs[batch.mask], batch.old_log_probs[batch.mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(batch.ref_log_probs[batch.mask], batch.old_log_probs[batch.mask], atol=1e-5, rtol=0)
+    ids, mask, actions, generated = rollouts.turn_batch([t for e in episodes for t in e.turns])
+    at_one, _ = model.action_log_probs(ids, actions, mask)
+    assert (at_one[generated] - batch.log_probs[batch.mask]).abs().max() > 0.05
+    full = rollouts.policy_log_probs(episodes, full=True)[2]
+    torch.testing.assert_close(full.exp().sum(-1)[batch.mask], torch.ones(int(batch.mask.sum())))
+    assert ((full - batch.log_probs.detach()[..., None]).abs().min(-1).values[batch.mask] < 1e-5).all()  # chosen is in it
 
 
 def test_rewards_land_on_the_last_token_of_their_turn(model, tokenizer, tw_cache):
