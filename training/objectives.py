@@ -380,9 +380,9 @@ def clipped_surrogate(batch: RolloutBatch, clip_ratio: float, aggregate: str) ->
 def aggregate_positions(values: torch.Tensor, mask: torch.Tensor, aggregate: str) -> torch.Tensor:
     """token_mean: mean over all real positions; sequence_mean: mean over each row's positions, then over rows;
     sequence_sum: sum over each row's positions, mean over rows."""
-    weights = mask.to(values.dtype)
     if aggregate == "token_mean":
-        return (values * weights).sum() / weights.sum().clamp(min=1)
+        return masked_mean(values, mask)
+    weights = mask.to(values.dtype)
     if aggregate == "sequence_mean":
         return ((values * weights).sum(-1) / weights.sum(-1).clamp(min=1)).mean()
     if aggregate == "sequence_sum":
@@ -528,7 +528,7 @@ class Needs:
     greedy_twin: bool = False          # one greedy (argmax) episode per task, on an identical copy of its environment
     min_group_size: int = 1            # rollout.group_size at least this
     value_model: bool = False          # a learned V(s_t) (PPO)
-    reference: bool = False            # log pi_ref of the sampled actions
+    reference: bool = False            # log pi_ref of the sampled actions (fine-tuning records them always, for the KL log)
     full_distributions: bool = False   # the policy's and the reference's whole (B, T, K) log-distributions
 
 
