@@ -57,20 +57,41 @@ dag_agent, direct_agent, baselines (random, walkthrough, human), trace (step rec
 (agents and backends from YAML). User guide: docs/agents.md.
 """
 
-from agents.base import Agent, LLMAgent, LLMAgentConfig
-from agents.baselines import (HumanAgent, HumanAgentConfig, RandomAgent, RandomAgentConfig, WalkthroughAgent,
-                              WalkthroughAgentConfig)
-from agents.bwarea_backend import BWAreaBackend, BWAreaBackendConfig
-from agents.context import ContextConfig, ContextResult, build_context
-from agents.dag import DAGError, QuestionDAG, run_dag
-from agents.dag_agent import DAGAgent, DAGAgentConfig
-from agents.direct_agent import DirectAgent, DirectAgentConfig
-from agents.factory import AGENTS, BACKENDS, load_config, make_agent, make_backend
-from agents.http_backend import OpenAIBackend, OpenAIConfig
-from agents.llm import Backend, BackendUnavailable, Choice, Completion, CompletionRequest, Message
-from agents.parsing import ParsedAction, parse_action, parse_action_faithful
-from agents.trace import AgentStats, NodeTrace, StepTrace
-from agents.transformers_backend import TransformersBackend, TransformersConfig
+import importlib
+
+# name -> the module defining it, imported on first use: `import agents` stays light (no torch until a model
+# backend is asked for)
+_EXPORTS = {
+    "Agent": "agents.base", "LLMAgent": "agents.base", "LLMAgentConfig": "agents.base",
+    "HumanAgent": "agents.baselines", "HumanAgentConfig": "agents.baselines", "RandomAgent": "agents.baselines",
+    "RandomAgentConfig": "agents.baselines", "WalkthroughAgent": "agents.baselines",
+    "WalkthroughAgentConfig": "agents.baselines", "BWAreaBackend": "agents.bwarea_backend",
+    "BWAreaBackendConfig": "agents.bwarea_backend", "ContextConfig": "agents.context",
+    "ContextResult": "agents.context", "build_context": "agents.context", "DAGError": "agents.dag",
+    "QuestionDAG": "agents.dag", "run_dag": "agents.dag", "DAGAgent": "agents.dag_agent",
+    "DAGAgentConfig": "agents.dag_agent", "DirectAgent": "agents.direct_agent",
+    "DirectAgentConfig": "agents.direct_agent", "AGENTS": "agents.factory", "BACKENDS": "agents.factory",
+    "load_config": "agents.factory", "make_agent": "agents.factory", "make_backend": "agents.factory",
+    "OpenAIBackend": "agents.http_backend", "OpenAIConfig": "agents.http_backend", "Backend": "agents.llm",
+    "BackendUnavailable": "agents.llm", "Choice": "agents.llm", "Completion": "agents.llm",
+    "CompletionRequest": "agents.llm", "Message": "agents.llm", "ParsedAction": "agents.parsing",
+    "parse_action": "agents.parsing", "parse_action_faithful": "agents.parsing", "AgentStats": "agents.trace",
+    "NodeTrace": "agents.trace", "StepTrace": "agents.trace", "TransformersBackend": "agents.transformers_backend",
+    "TransformersConfig": "agents.transformers_backend",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'agents' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "AGENTS", "Agent", "AgentStats", "BACKENDS", "BWAreaBackend", "BWAreaBackendConfig", "Backend",

@@ -26,12 +26,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from envs.transcript import Transcript, tidy_command
-
 from agents.dag import check_placeholders
 from agents.llm import Backend
 from agents.parsing import parse_action, parse_action_faithful
 from agents.trace import AgentStats, StepTrace
+from common.errors import InvalidInput
+from envs.transcript import Transcript, tidy_command
 
 ANSWER_FORMATS = ("action", "text", "choice")
 PARSING_MODES = ("robust", "faithful")
@@ -149,11 +149,11 @@ def build_dataclass(cls: type, values: Mapping[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}.")
+        raise InvalidInput(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}.")
     try:
         return cls(**values)
     except TypeError as error:
-        raise ValueError(f"{where}: {error}") from None
+        raise InvalidInput(f"{where}: {error}") from None
 
 
 def fallback_for(info: dict[str, Any], fallback_action: str | None) -> str:
@@ -193,11 +193,11 @@ class LLMAgentConfig:
 
     def __post_init__(self) -> None:
         if self.answer_format not in ANSWER_FORMATS:
-            raise ValueError(f"answer_format {self.answer_format!r} is unknown; choose one of {', '.join(ANSWER_FORMATS)}.")
+            raise InvalidInput(f"answer_format {self.answer_format!r} is unknown; choose one of {', '.join(ANSWER_FORMATS)}.")
         if self.parsing not in PARSING_MODES:
-            raise ValueError(f"parsing {self.parsing!r} is unknown; choose one of {', '.join(PARSING_MODES)}.")
+            raise InvalidInput(f"parsing {self.parsing!r} is unknown; choose one of {', '.join(PARSING_MODES)}.")
         if self.history < 1:
-            raise ValueError(f"history must be at least 1 (the current observation), got {self.history}.")
+            raise InvalidInput(f"history must be at least 1 (the current observation), got {self.history}.")
         check_placeholders(self.system, "the system text")
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from agents.base import Agent, Slot, fallback_for
 from agents.trace import StepTrace
+from common.errors import InvalidInput
 
 
 @dataclass
@@ -59,8 +60,8 @@ class WalkthroughAgent(Agent):
 
     def _on_reset(self, slot: Slot, info: dict[str, Any]) -> None:
         if "walkthrough" not in info:
-            raise ValueError("the walkthrough agent needs info['walkthrough'] at reset; only TextWorld environments "
-                             "(envs.make('textworld/<preset>')) provide it.")
+            raise InvalidInput("the walkthrough agent needs info['walkthrough'] at reset; only TextWorld environments "
+                               "(envs.make('textworld/<preset>')) provide it.")
         slot.memory["walkthrough"] = list(info["walkthrough"])
 
     def _decide(self, traces: list[StepTrace], slots: list[Slot], infos: list[dict[str, Any]]) -> int:

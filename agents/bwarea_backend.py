@@ -33,9 +33,10 @@ from typing import get_args
 import torch
 
 import bwarea
+from agents.local_backend import GeneratedRow, LocalBackend
 from bwarea.device import resolve_device
 from bwarea.generation import PromptActions
-from agents.local_backend import GeneratedRow, LocalBackend
+from common.errors import InvalidInput
 
 TOP_ACTIONS = 5   # alternatives recorded per generated token of a latent-action model
 
@@ -66,12 +67,12 @@ class BWAreaBackendConfig:
 class BWAreaBackend(LocalBackend):
     def __init__(self, config: BWAreaBackendConfig) -> None:
         if config.prompt_actions not in get_args(PromptActions):
-            raise ValueError(f"prompt_actions must be one of {get_args(PromptActions)}, got {config.prompt_actions!r}.")
+            raise InvalidInput(f"prompt_actions must be one of {get_args(PromptActions)}, got {config.prompt_actions!r}.")
         self.device = resolve_device(config.device)
         model = bwarea.load_pretrained(config.model, map_location=self.device)
         if not callable(getattr(model, "generate", None)):
-            raise ValueError(f"{config.model} holds a {type(model).__name__}, which does not generate text; "
-                             "give a BWArea, CoLA or AR baseline checkpoint.")
+            raise InvalidInput(f"{config.model} holds a {type(model).__name__}, which does not generate text; "
+                               "give a BWArea, CoLA or AR baseline checkpoint.")
         tokenizer = bwarea.load_tokenizer(config.model)
         super().__init__(tokenizer, config.max_context or model.config.max_position_embeddings, config.max_batch_size,
                          config.chat_template, config.seed)

@@ -31,9 +31,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bwarea.checkpoint import atomic_write_text
-
 from agents.llm import Backend, CompletionRequest, Message
+from common.errors import MissingInput
+from common.files import atomic_write_text
 
 MANUAL = "crafter_manual"
 READER_SYSTEM = "You read the documentation of a game and answer questions about one paragraph of it, briefly."
@@ -92,8 +92,8 @@ def load_document(document: str) -> str:
         return build_manual()
     path = Path(document).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"context document {path} does not exist; give a text or LaTeX file, "
-                                f"or {MANUAL!r} for the manual generated from crafter's rules.")
+        raise MissingInput(f"context document {path} does not exist; give a text or LaTeX file, "
+                           f"or {MANUAL!r} for the manual generated from crafter's rules.")
     text = path.read_text(encoding="utf-8", errors="replace")
     return latex_to_text(text) if path.suffix == ".tex" else text
 
@@ -170,7 +170,7 @@ def cache_key(document: str, backend: Backend, config: ContextConfig) -> str:
 def cache_directory(config: ContextConfig) -> Path:
     if config.cache_dir:
         return Path(config.cache_dir).expanduser()
-    from envs.files import cache_root
+    from common.files import cache_root
     return cache_root() / "spring_context"
 
 

@@ -43,13 +43,14 @@ import yaml
 
 from agents.llm import Backend, CompletionRequest, Message, answer_requests
 from agents.trace import NodeTrace
+from common.errors import InvalidInput, MissingInput, UserError
 
 PLACEHOLDERS = ("actions", "task")
 EXECUTION_MODES = ("batched", "sequential")
 LAYOUTS = ("compact", "spring")
 
 
-class DAGError(ValueError):
+class DAGError(UserError, ValueError):
     """A question DAG declaration that cannot be used."""
 
 
@@ -147,7 +148,7 @@ class QuestionDAG:
         if not isinstance(source, Mapping):
             path = Path(source)
             if not path.is_file():
-                raise FileNotFoundError(f"DAG file {path} does not exist; give a YAML file with a `nodes` list.")
+                raise MissingInput(f"DAG file {path} does not exist; give a YAML file with a `nodes` list.")
             source, name = yaml.safe_load(path.read_text(encoding="utf-8")), path.stem
         if isinstance(source, Mapping) and isinstance(source.get("agent"), Mapping) and "dag" in source["agent"]:
             source = source["agent"]["dag"]
@@ -215,9 +216,9 @@ def run_dag(dag: QuestionDAG, backend: Backend, states: Sequence[DAGInput], max_
     """Answer every node of `dag` for every state; one DAGResult per state. Where `options[i]` lists valid
     answers, state i's sink is answered by choosing among them (`llm.answer_requests`)."""
     if mode not in EXECUTION_MODES:
-        raise ValueError(f"execution mode {mode!r} is unknown; choose one of: {', '.join(EXECUTION_MODES)}.")
+        raise InvalidInput(f"execution mode {mode!r} is unknown; choose one of: {', '.join(EXECUTION_MODES)}.")
     if layout not in LAYOUTS:
-        raise ValueError(f"prompt layout {layout!r} is unknown; choose one of: {', '.join(LAYOUTS)}.")
+        raise InvalidInput(f"prompt layout {layout!r} is unknown; choose one of: {', '.join(LAYOUTS)}.")
     answers: list[dict[str, str]] = [{} for _ in states]
     traces: list[list[NodeTrace]] = [[] for _ in states]
     if mode == "batched":

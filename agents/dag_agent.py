@@ -22,6 +22,7 @@ from agents.context import ContextConfig, ContextResult, build_context, load_doc
 from agents.dag import EXECUTION_MODES, LAYOUTS, DAGInput, QuestionDAG, fill, run_dag
 from agents.llm import Backend
 from agents.trace import StepTrace
+from common.errors import InvalidInput
 
 
 @dataclass
@@ -40,11 +41,11 @@ class DAGAgentConfig(LLMAgentConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.dag is None:
-            raise ValueError("a DAG agent needs `dag`: a mapping with `nodes`, or a path to a YAML file with one.")
+            raise InvalidInput("a DAG agent needs `dag`: a mapping with `nodes`, or a path to a YAML file with one.")
         if self.execution not in EXECUTION_MODES:
-            raise ValueError(f"execution {self.execution!r} is unknown; choose one of {', '.join(EXECUTION_MODES)}.")
+            raise InvalidInput(f"execution {self.execution!r} is unknown; choose one of {', '.join(EXECUTION_MODES)}.")
         if self.prompt_layout not in LAYOUTS:
-            raise ValueError(f"prompt_layout {self.prompt_layout!r} is unknown; choose one of {', '.join(LAYOUTS)}.")
+            raise InvalidInput(f"prompt_layout {self.prompt_layout!r} is unknown; choose one of {', '.join(LAYOUTS)}.")
         if isinstance(self.context, dict):
             self.context = build_dataclass(ContextConfig, self.context, "agent (dag) context")
 

@@ -17,6 +17,7 @@ from agents.base import LLMAgent, LLMAgentConfig, Slot
 from agents.dag import check_placeholders, fill
 from agents.llm import CompletionRequest, Message, answer_requests
 from agents.trace import NodeTrace, StepTrace
+from common.errors import InvalidInput
 
 STYLES = ("chat", "transcript", "observation")
 
@@ -32,7 +33,7 @@ class DirectAgentConfig(LLMAgentConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.style not in STYLES:
-            raise ValueError(f"style {self.style!r} is unknown; choose one of {', '.join(STYLES)}.")
+            raise InvalidInput(f"style {self.style!r} is unknown; choose one of {', '.join(STYLES)}.")
         check_placeholders(self.instruction, "the instruction")
 
 

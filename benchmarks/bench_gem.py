@@ -27,15 +27,16 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common.files import atomic_write_text
+from common.logs import read_metrics
+from common.stats import Estimate, estimate
+from training.experiment import FinetuneBudget, PretrainBudget, evaluate_policy, finetune, pretrain_pair
+from training.hardware import probe
+from training.rollout import RolloutConfig
+from training.runs import read_training_info
 
-from bwarea.checkpoint import atomic_write_text  # noqa: E402
-from training.experiment import FinetuneBudget, PretrainBudget, evaluate_policy, finetune, pretrain_pair  # noqa: E402
-from training.hardware import probe  # noqa: E402
-from training.metrics import Estimate, estimate  # noqa: E402
-from training.rollout import RolloutConfig  # noqa: E402
-from training.runs import read_metrics, read_training_info  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+
 
 LOSSES = ("cross_entropy", "gem")
 MODELS = {"bwarea": "BWArea", "ar": "AR baseline"}

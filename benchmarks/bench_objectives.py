@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 @dataclass
@@ -207,7 +206,7 @@ def resolve(args: argparse.Namespace) -> Settings:
 # Records: JSON files written whole, reused while their plan matches
 
 def write_json(path: Path, data: Any) -> None:
-    from bwarea.checkpoint import atomic_write_text  # loads torch: only in jobs and reports, never before a job starts
+    from common.files import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
@@ -218,10 +217,6 @@ def read_record(path: Path, plan: Any = None) -> dict[str, Any] | None:
         return None
     record = json.loads(path.read_text())
     return record if plan is None or record.get("plan") == plan else None
-
-
-def jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,7 +239,7 @@ def evaluation_plan(task: Task) -> dict[str, Any]:
 
 def reference_job(settings: Settings, task: Task) -> None:
     """The frame of a task's plot: the random agent, the walkthrough ceiling (TextWorld) and each pretrained model."""
-    from training.evaluate import evaluate
+    from evaluation.run import evaluate
     from training.experiment import random_agent_evaluation
 
     for model in settings.models:
@@ -347,7 +342,7 @@ def run_jobs(settings: Settings, argv: list[str]) -> list[dict[str, str]]:
 
 def seed_estimate(values: Sequence[float]) -> dict[str, Any]:
     """Mean and standard error over RL seeds (None for one seed)."""
-    from training.metrics import estimate
+    from common.stats import estimate
 
     return estimate(values, "%").to_dict()
 
@@ -389,7 +384,7 @@ def cell(value: Mapping[str, Any] | None) -> str:
 
 def curve_entry(settings: Settings, task: Task, model: str, objective: str) -> dict[str, Any] | None:
     """One line of a plot: its points over the seeds evaluated so far, and the costs logged by each seed's longest run."""
-    from training.runs import read_metrics
+    from common.logs import read_metrics
 
     success_by_seed, longest = {}, []
     for seed in settings.seeds:
@@ -477,7 +472,7 @@ def plot_curves(task: Mapping[str, Any], out: Path) -> Path:
     a band of ± one standard error over seeds, the random agent and the walkthrough ceiling as horizontal lines."""
     from matplotlib.figure import Figure
 
-    from training.plots import save_png
+    from evaluation.plots import save_png
 
     figure = Figure(figsize=(8.0, 5.0))
     axes = figure.add_subplot(1, 1, 1)
@@ -520,7 +515,7 @@ def report(settings: Settings, failures: Sequence[Mapping[str, str]]) -> str:
     plots = [plot_curves(task, settings.out / f"curves_{settings.tasks[key].slug}.png")
              for key, task in results["tasks"].items() if task["curves"] or task["random"]]
     text += "\nPlots: " + ", ".join(path.name for path in plots) + "\n"
-    from bwarea.checkpoint import atomic_write_text
+    from common.files import atomic_write_text
 
     atomic_write_text(settings.out / "results.md", text)
     return text

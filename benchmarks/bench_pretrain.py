@@ -25,8 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from common.logs import read_metrics
 from training.data import PretrainData
-from training.runs import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 10  # steps discarded at the start of each run (allocations, first-touch of the data)
@@ -45,7 +45,7 @@ def small_corpus(directory: Path) -> Path:
 def start(stage: str, args: argparse.Namespace, name: str, corpus: Path, work: Path, precision: str) -> subprocess.Popen:
     config = REPO / "configs" / "pretrain" / f"{args.preset}{'' if stage == 'world' else '-ar'}.yaml"
     minutes, seconds = divmod(args.seconds, 60)
-    command = [sys.executable, "-m", "training.cli", "pretrain", "--config", str(config), "--data.corpus", str(corpus),
+    command = [sys.executable, "-m", "cli.main", "pretrain", "--config", str(config), "--data.corpus", str(corpus),
                "--data.cache_dir", str(work / "cache"), "--data.progress", "false", "--run.root", str(work / "runs"),
                "--run.name", name, "--run.wandb", "false", "--run.checkpoint_every_n_steps", str(10**9),
                "--trainer.max_steps", str(10**6), "--trainer.max_time", f"00:00:{minutes:02d}:{seconds:02d}",

@@ -22,13 +22,11 @@ import argparse
 import json
 import platform
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def cpu_name() -> str:

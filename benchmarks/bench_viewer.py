@@ -139,7 +139,7 @@ def live_watch(root: Path) -> None:
     from viewer import create_app
 
     def run(out: Path) -> float:
-        command = [sys.executable, "-m", "training.cli", "evaluate", "--agent", "random", "--suite", "crafter",
+        command = [sys.executable, "-m", "cli.main", "evaluate", "--agent", "random", "--suite", "crafter",
                    "--episodes", "16", "--max_steps", "1000", "--batch_size", "4", "--out", str(out),
                    "--plots", "false", "--progress", "false"]
         started = time.perf_counter()

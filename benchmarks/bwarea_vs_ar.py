@@ -28,23 +28,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bwarea import load_tokenizer
+from bwarea.adaptation import start_model
+from common.files import atomic_write_text
+from common.stats import Estimate, estimate, macro_average
+from envs.corpus import BBHCorpusConfig, DirtyConfig, OutputConfig, build_bbh_corpus
+from training.experiment import (FinetuneBudget, PretrainBudget, build_corpus, diagnostics, evaluate_policy, finetune,
+                                 model_costs, pretrain_pair, random_agent_evaluation)
+from training.rollout import RolloutConfig
+from training.runs import write_training_info
 
-from bwarea import load_tokenizer  # noqa: E402
-from bwarea.adaptation import start_model  # noqa: E402
-from bwarea.checkpoint import atomic_write_text  # noqa: E402
-from envs.corpus import BBHCorpusConfig, DirtyConfig, OutputConfig, build_bbh_corpus  # noqa: E402
-from training.experiment import (FinetuneBudget, PretrainBudget, build_corpus, diagnostics, evaluate_policy,  # noqa: E402
-                                 finetune, model_costs, pretrain_pair, random_agent_evaluation)
-from training.runs import write_training_info  # noqa: E402
-from training.metrics import Estimate, estimate, macro_average  # noqa: E402
-from training.rollout import RolloutConfig  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+
 
 MODELS = ("bwarea", "ar")
 RL_PARTS = {"full": "all weights", "head": "head only", "lora": "LoRA"}

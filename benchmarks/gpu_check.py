@@ -45,10 +45,10 @@ def steady(rows: list[dict[str, float]], key: str, warmup: int) -> float | None:
 
 def pretrain_part(stage_config: str, args: argparse.Namespace, work: Path, corpus: Path, name: str,
                   extra: list[str]) -> dict:
-    from training.runs import read_metrics
+    from common.logs import read_metrics
 
     started = time.perf_counter()
-    result = command("-m", "training.cli", "pretrain", "--config", stage_config, "--data.corpus", str(corpus),
+    result = command("-m", "cli.main", "pretrain", "--config", stage_config, "--data.corpus", str(corpus),
                      "--data.vocab_size", str(args.vocab_size),
                      "--data.block_size", str(args.block_size), "--data.batch_size", str(args.batch_size),
                      "--data.val_fraction", "0.05", "--data.val_blocks", "4", "--data.num_workers", "0",
@@ -69,10 +69,10 @@ def pretrain_part(stage_config: str, args: argparse.Namespace, work: Path, corpu
 
 
 def finetune_part(objective: str, export: Path, args: argparse.Namespace, work: Path, games: Path) -> dict:
-    from training.runs import read_metrics
+    from common.logs import read_metrics
 
     name = f"finetune-{objective}"
-    result = command("-m", "training.cli", "finetune", "--model.pretrained", str(export), "--model.objective", objective,
+    result = command("-m", "cli.main", "finetune", "--model.pretrained", str(export), "--model.objective", objective,
                      "--model.env", "textworld/coin-easy", "--model.env_options", json.dumps({"cache_dir": str(games)}),
                      "--model.task_pool", "16", "--model.episodes_per_update", str(args.episodes),
                      "--model.updates", str(args.updates),

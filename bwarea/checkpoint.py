@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from common.errors import UserError
+from common.files import atomic_write, atomic_write_text
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -46,33 +48,8 @@ _SHAPE_FIELDS: list[tuple[str, tuple[str, ...]]] = [
 _DEPTH_FIELDS = {"lm.": "num_layers", "world.": "world_layers", "inverse.": "inverse_layers", "policy.": "policy_layers", "trunk.": "num_layers"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint directory that cannot be loaded into the requested model."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call write(temp_path) and move the result onto `path` in one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(temp)
-        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes owner-only files; a saved model is an ordinary file
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda temp: Path(temp).write_text(text))
 
 
 def _aliased_names(module: nn.Module) -> set[str]:
@@ -118,22 +95,6 @@ def read_training_info(directory: str | os.PathLike, purpose: str = "this run") 
     if not isinstance(info, dict) or "stage" not in info:
         raise CheckpointError(f"{path} does not name the stage that produced the export; re-export the run.")
     return info
-
-
-def replace_directory(target: Path, write: Callable[[Path], None]) -> None:
-    """Call write(staging) on an empty sibling directory, then swap it in for `target` by renames."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    retired = target.parent / f".{target.name}.old-{os.getpid()}"
-    try:
-        write(staging)
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes an owner-only directory
-        if target.exists():
-            os.replace(target, retired)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(retired, ignore_errors=True)
 
 
 

@@ -15,6 +15,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from common.errors import InvalidInput
+
 
 @dataclass
 class TransformerConfig:
@@ -59,23 +61,23 @@ def check_rope_scaling(rope_scaling: dict[str, Any] | None) -> None:
     if rope_scaling is None:
         return
     if not isinstance(rope_scaling, dict):
-        raise ValueError(f"rope_scaling must be a dict like {{'rope_type': 'linear', 'factor': 2.0}} or None, got {rope_scaling!r}.")
+        raise InvalidInput(f"rope_scaling must be a dict like {{'rope_type': 'linear', 'factor': 2.0}} or None, got {rope_scaling!r}.")
     rope_type = rope_scaling.get("rope_type")
     if rope_type not in ROPE_SCALING_KEYS:
-        raise ValueError(f"rope_scaling rope_type {rope_type!r} is not supported; supported types are "
-                         f"{', '.join(repr(name) for name in ROPE_SCALING_KEYS)}.")
+        raise InvalidInput(f"rope_scaling rope_type {rope_type!r} is not supported; supported types are "
+                           f"{', '.join(repr(name) for name in ROPE_SCALING_KEYS)}.")
     missing = [key for key in ROPE_SCALING_KEYS[rope_type] if key not in rope_scaling]
     if missing:
-        raise ValueError(f"rope_scaling of rope_type {rope_type!r} needs {', '.join(repr(key) for key in missing)}; got {rope_scaling!r}.")
+        raise InvalidInput(f"rope_scaling of rope_type {rope_type!r} needs {', '.join(repr(key) for key in missing)}; got {rope_scaling!r}.")
 
 
 def _check_attention_shape(hidden_size: int, num_heads: int, num_kv_heads: int) -> None:
     if hidden_size % num_heads:
-        raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}.")
+        raise InvalidInput(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}.")
     if num_heads % num_kv_heads:
-        raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads} (grouped KV heads).")
+        raise InvalidInput(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads} (grouped KV heads).")
     if (hidden_size // num_heads) % 2:
-        raise ValueError(f"head size hidden_size/num_heads={hidden_size // num_heads} must be even for rotary embeddings.")
+        raise InvalidInput(f"head size hidden_size/num_heads={hidden_size // num_heads} must be even for rotary embeddings.")
 
 
 @dataclass
@@ -108,7 +110,7 @@ class BaseModelConfig:
         check_rope_scaling(self.rope_scaling)
         for name in ("vocab_size", "intermediate_size", "max_position_embeddings"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+                raise InvalidInput(f"{name} must be positive, got {getattr(self, name)}.")
 
     def trunk(self, num_layers: int) -> TransformerConfig:
         return TransformerConfig(
@@ -167,12 +169,12 @@ class BWAreaConfig(BaseModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.world_layers < 2:
-            raise ValueError(f"world_layers must be at least 2 so actions can enter mid-network, got {self.world_layers}.")
+            raise InvalidInput(f"world_layers must be at least 2 so actions can enter mid-network, got {self.world_layers}.")
         for name in ("inverse_layers", "policy_layers", "num_actions", "code_dim"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+                raise InvalidInput(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.codebook_update not in ("loss", "ema"):
-            raise ValueError(f"codebook_update must be 'loss' or 'ema', got {self.codebook_update!r}.")
+            raise InvalidInput(f"codebook_update must be 'loss' or 'ema', got {self.codebook_update!r}.")
 
     @property
     def injection_layer(self) -> int:
@@ -182,7 +184,7 @@ class BWAreaConfig(BaseModelConfig):
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "BWAreaConfig":
         if name not in BWAREA_PRESETS:
-            raise ValueError(f"unknown BWArea preset {name!r}; choose one of {sorted(BWAREA_PRESETS)}.")
+            raise InvalidInput(f"unknown BWArea preset {name!r}; choose one of {sorted(BWAREA_PRESETS)}.")
         return cls(**{**BWAREA_PRESETS[name], **overrides})
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from common.errors import InvalidInput
+
 AUTO = "auto"
 
 
@@ -17,7 +19,7 @@ def resolve_device(requested: str | torch.device = AUTO) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(requested)!r} asked for, but torch sees no CUDA device; use cpu or auto.")
+        raise InvalidInput(f"device {str(requested)!r} asked for, but torch sees no CUDA device; use cpu or auto.")
     return device
 
 

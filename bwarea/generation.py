@@ -31,6 +31,8 @@ from typing import Any, Callable, Literal, Protocol, Sequence, get_args
 
 import torch
 
+from common.errors import InvalidInput
+
 PromptActions = Literal["inverse", "policy"]
 
 
@@ -111,7 +113,7 @@ def choose(logits: torch.Tensor, temperature: float, top_k: int | None = None, t
     `generator` may be one generator per row: row b then draws from generator[b] alone, so what a row samples
     does not depend on the other rows of its batch (rollouts sharded over processes sample the same episodes)."""
     if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
+        raise InvalidInput(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
     if temperature == 0:
         return logits.argmax(-1)
     scores = logits.float() / temperature
@@ -126,7 +128,7 @@ def choose(logits: torch.Tensor, temperature: float, top_k: int | None = None, t
     probs = scores.softmax(-1)
     if isinstance(generator, Sequence):
         if len(generator) != probs.shape[0]:
-            raise ValueError(f"{len(generator)} generators given for a batch of {probs.shape[0]} rows; give one per row.")
+            raise InvalidInput(f"{len(generator)} generators given for a batch of {probs.shape[0]} rows; give one per row.")
         return torch.stack([torch.multinomial(row.reshape(-1, row.shape[-1]), 1, generator=row_generator).view(row.shape[:-1])
                             for row, row_generator in zip(probs, generator)])
     flat = probs.reshape(-1, probs.shape[-1])
@@ -140,7 +142,7 @@ def _compile_mode(compile: bool | str, device: torch.device) -> str | None:
         return "reduce-overhead" if device.type == "cuda" else "default"
     modes = torch._inductor.list_mode_options()
     if compile not in modes:
-        raise ValueError(f"compile must be True, False or a torch.compile mode ({', '.join(sorted(modes))}), got {compile!r}.")
+        raise InvalidInput(f"compile must be True, False or a torch.compile mode ({', '.join(sorted(modes))}), got {compile!r}.")
     return compile
 
 
@@ -153,12 +155,12 @@ def _forced_actions(actions: int | Sequence[int] | torch.Tensor | None, batch: i
         forced = forced.expand(batch, steps)
     elif forced.dim() == 1:
         if forced.shape[0] < steps:
-            raise ValueError(f"actions has {forced.shape[0]} entries but max_new_tokens={steps}; give one action per generated token.")
+            raise InvalidInput(f"actions has {forced.shape[0]} entries but max_new_tokens={steps}; give one action per generated token.")
         forced = forced[:steps].expand(batch, steps)
     elif forced.shape[0] != batch or forced.shape[1] < steps:
-        raise ValueError(f"actions of shape {tuple(forced.shape)} must be (batch={batch}, >= max_new_tokens={steps}).")
+        raise InvalidInput(f"actions of shape {tuple(forced.shape)} must be (batch={batch}, >= max_new_tokens={steps}).")
     if int(forced.min()) < 0 or int(forced.max()) >= num_choices:
-        raise ValueError(f"actions must lie in [0, {num_choices}); got values {int(forced.min())}..{int(forced.max())}.")
+        raise InvalidInput(f"actions must lie in [0, {num_choices}); got values {int(forced.min())}..{int(forced.max())}.")
     return forced[:, :steps]
 
 
@@ -167,7 +169,7 @@ class _StopStrings:
 
     def __init__(self, stop_strings: Sequence[str], tokenizer: Any):
         if stop_strings and tokenizer is None:
-            raise ValueError("stop_strings need a tokenizer to decode generated tokens; pass tokenizer=...")
+            raise InvalidInput("stop_strings need a tokenizer to decode generated tokens; pass tokenizer=...")
         self.stop_strings = [s for s in stop_strings if s]
         self.tokenizer = tokenizer
         self.window = max((len(s.encode()) for s in self.stop_strings), default=0) + 1
@@ -221,25 +223,25 @@ def generate(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     unless two choices tie within rounding, and log-probabilities agree to float tolerance.
     """
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+        raise InvalidInput(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
     if prompt_actions not in get_args(PromptActions):
-        raise ValueError(f"prompt_actions must be one of {get_args(PromptActions)}, got {prompt_actions!r}.")
+        raise InvalidInput(f"prompt_actions must be one of {get_args(PromptActions)}, got {prompt_actions!r}.")
     if report_top < 0:
-        raise ValueError(f"report_top must be >= 0 (0 = do not report), got {report_top}.")
+        raise InvalidInput(f"report_top must be >= 0 (0 = do not report), got {report_top}.")
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}.")
+        raise InvalidInput(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}.")
     config = model.config
     batch, prompt_length = input_ids.shape
     device = input_ids.device
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
     if not bool(attention_mask[:, -1].all()):
-        raise ValueError("prompts must be left padded (every row's last position a real token); set tokenizer.padding_side = 'left'.")
+        raise InvalidInput("prompts must be left padded (every row's last position a real token); set tokenizer.padding_side = 'left'.")
     eos_ids = config.eos_token_id if eos_token_id is None else eos_token_id
     eos_ids = torch.as_tensor([] if eos_ids is None else eos_ids, dtype=torch.long, device=device).flatten()
     pad_id = pad_token_id if pad_token_id is not None else (config.pad_token_id if config.pad_token_id is not None else 0)
     compile_mode = _compile_mode(compile, device)
     if compile_mode is not None and static_cache is False:
-        raise ValueError("compile needs static-shape steps; leave static_cache at None (or True) when compiling.")
+        raise InvalidInput("compile needs static-shape steps; leave static_cache at None (or True) when compiling.")
     capacity = prompt_length + max_new_tokens
     static = (static_cache or compile_mode is not None) and capacity <= config.max_position_embeddings
     if static and compile_mode is not None:

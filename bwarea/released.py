@@ -44,10 +44,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from bwarea.checkpoint import CONFIG_FILE, CheckpointError, replace_directory, write_training_info
+from bwarea.checkpoint import CONFIG_FILE, CheckpointError, write_training_info
 from bwarea.config import BWAreaConfig
 from bwarea.model import BWAreaModel
 from bwarea.pretrained_lm import BLOCK_SOURCES
+from common.files import replace_directory
 
 PAD_TOKEN = "[PAD]"
 

@@ -17,6 +17,8 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from common.errors import InvalidInput, MissingInput
+
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 
@@ -25,7 +27,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency:
                     show_progress: bool = False) -> PreTrainedTokenizerFast:
     """Learn a byte-level BPE tokenizer with `vocab_size` entries (special tokens included) from `texts`."""
     if vocab_size < 256 + 2:
-        raise ValueError(f"vocab_size={vocab_size} is too small for byte-level BPE; use at least 258 (256 bytes + 2 special tokens).")
+        raise InvalidInput(f"vocab_size={vocab_size} is too small for byte-level BPE; use at least 258 (256 bytes + 2 special tokens).")
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -35,7 +37,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency:
     )
     backend.train_from_iterator(texts, trainer=trainer)
     if backend.get_vocab_size() <= 256 + 2:
-        raise ValueError("the training text was empty or too small to learn any merges; give the tokenizer more text.")
+        raise InvalidInput("the training text was empty or too small to learn any merges; give the tokenizer more text.")
     return wrap_tokenizer(backend)
 
 
@@ -60,9 +62,9 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
         loader = tokenizer_class if tokenizer_class is not None else AutoTokenizer
         tokenizer = loader.from_pretrained(str(path), local_files_only=True)
     else:
-        raise FileNotFoundError(f"tokenizer directory or GGUF file {path} does not exist; train a tokenizer with "
-                                "bwarea.tokenizer.train_tokenizer and save_pretrained it, or point to a local Hugging Face "
-                                "tokenizer directory or GGUF model file.")
+        raise MissingInput(f"tokenizer directory or GGUF file {path} does not exist; train a tokenizer with "
+                           "bwarea.tokenizer.train_tokenizer and save_pretrained it, or point to a local Hugging Face "
+                           "tokenizer directory or GGUF model file.")
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -15,6 +15,8 @@ import string
 import gymnasium
 from gymnasium import spaces
 
+from common.errors import InvalidInput
+
 # Observations are free text; gymnasium's Text space needs a length bound and a character set.
 CHARSET = frozenset(string.printable)
 MAX_TEXT = 100_000
@@ -32,8 +34,8 @@ class TextEnv(gymnasium.Env):
 
     def __init__(self, render_mode: str | None = None) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode {render_mode!r} is not supported; use one of "
-                             f"{', '.join(self.metadata['render_modes'])} or leave it unset.")
+            raise InvalidInput(f"render_mode {render_mode!r} is not supported; use one of "
+                               f"{', '.join(self.metadata['render_modes'])} or leave it unset.")
         self.render_mode = render_mode
         self.observation_space = text_space()
         self.action_space = text_space(1000)

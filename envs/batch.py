@@ -20,13 +20,15 @@ from typing import Any
 
 import gymnasium
 
+from common.errors import InvalidInput
+
 
 class BatchEnv:
     """`reset(seeds) -> (observations, infos)`; `step(actions) -> (observations, rewards, terminated, truncated, infos)`."""
 
     def __init__(self, envs: Sequence[gymnasium.Env]) -> None:
         if not envs:
-            raise ValueError("BatchEnv needs at least one environment.")
+            raise InvalidInput("BatchEnv needs at least one environment.")
         self.envs = list(envs)
         n = len(self.envs)
         self._observations: list[str] = [""] * n
@@ -53,7 +55,7 @@ class BatchEnv:
         """Start a new episode in every environment (`seeds[i]` for environment i; None: each env's default)."""
         seeds = [None] * len(self) if seeds is None else list(seeds)
         if len(seeds) != len(self):
-            raise ValueError(f"reset got {len(seeds)} seeds for {len(self)} environments.")
+            raise InvalidInput(f"reset got {len(seeds)} seeds for {len(self)} environments.")
         for i, seed in enumerate(seeds):
             self.reset_one(i, seed)
         return list(self._observations), [dict(info) for info in self._infos]
@@ -68,13 +70,13 @@ class BatchEnv:
 
     def step(self, actions: Sequence[str | None]) -> tuple[list[str], list[float], list[bool], list[bool], list[dict[str, Any]]]:
         if len(actions) != len(self):
-            raise ValueError(f"step got {len(actions)} actions for {len(self)} environments.")
+            raise InvalidInput(f"step got {len(actions)} actions for {len(self)} environments.")
         if not any(self._started):
             raise RuntimeError("call reset() before step().")
         rewards = [0.0] * len(self)
         for i in self.running:
             if actions[i] is None:
-                raise ValueError(f"environment {i} is still running and needs an action, got None.")
+                raise InvalidInput(f"environment {i} is still running and needs an action, got None.")
             obs, reward, terminated, truncated, info = self.envs[i].step(actions[i])
             self._observations[i], self._infos[i] = obs, info
             self._terminated[i], self._truncated[i] = bool(terminated), bool(truncated)

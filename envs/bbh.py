@@ -26,13 +26,17 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.errors import InvalidInput, UserError
+from common.stats import Estimate, estimate, macro_average
 from envs.base import TextEnv, text_space
+from envs.family import Aggregate, Column, EnvFamily
 
 DATA_ENV_VAR = "BWAREA_BBH_DIR"
 
@@ -77,7 +81,7 @@ LAYOUT_HELP = (
 )
 
 
-class BBHDataError(FileNotFoundError):
+class BBHDataError(UserError, FileNotFoundError):
     """The BIG-Bench Hard directory is missing or not in the expected layout."""
 
 
@@ -90,7 +94,7 @@ class Item:
 
 def _check_task(task: str) -> str:
     if task not in ANSWER_TYPES:
-        raise ValueError(f"unknown BIG-Bench Hard task {task!r}; choose one of: {', '.join(TASKS)}.")
+        raise InvalidInput(f"unknown BIG-Bench Hard task {task!r}; choose one of: {', '.join(TASKS)}.")
     return task
 
 
@@ -142,7 +146,7 @@ def description(task: str, data_dir: str | os.PathLike | None = None) -> str:
 def split(task: str, part: str, seed: int = 0, data_dir: str | os.PathLike | None = None) -> list[Item]:
     """Items of the train or test part (or "all") of a task: a fixed, seeded function of (task, seed)."""
     if part not in SPLITS:
-        raise ValueError(f"unknown split {part!r}; choose one of: {', '.join(SPLITS)}.")
+        raise InvalidInput(f"unknown split {part!r}; choose one of: {', '.join(SPLITS)}.")
     every = items(task, data_dir)
     if part == "all":
         return list(every)
@@ -163,7 +167,7 @@ def prompt(task: str, question: str, shots: int = 0, data_dir: str | os.PathLike
         return f"{task_description}\n\nQ: {question}\nA:"
     if shots == 3:
         return f"{task_description}\n\n{examples}\n\nQ: {question}\nA: Let's think step by step."
-    raise ValueError(f"shots must be 0 (zero-shot) or 3 (the task's three chain-of-thought examples), got {shots}.")
+    raise InvalidInput(f"shots must be 0 (zero-shot) or 3 (the task's three chain-of-thought examples), got {shots}.")
 
 
 def answer_text(target: str) -> str:
@@ -304,7 +308,7 @@ class BBHEnv(TextEnv):
         super().__init__(render_mode)
         self.task = _check_task(task)
         if shots not in (0, 3):
-            raise ValueError(f"shots must be 0 or 3, got {shots}.")
+            raise InvalidInput(f"shots must be 0 or 3, got {shots}.")
         self.shots = shots
         self.data_dir = resolve_data_dir(data_dir)
         self.split = split
@@ -324,7 +328,7 @@ class BBHEnv(TextEnv):
         super().reset(seed=seed)
         index = self._next_index if seed is None else int(seed)
         if not 0 <= index < len(self.items):
-            raise ValueError(f"item {index} is outside the {self.split} split of {self.task} (0..{len(self.items) - 1}).")
+            raise InvalidInput(f"item {index} is outside the {self.split} split of {self.task} (0..{len(self.items) - 1}).")
         self._next_index = (index + 1) % len(self.items)
         self._item = self.items[index]
         self._done = False
@@ -332,7 +336,7 @@ class BBHEnv(TextEnv):
         self._info = {"task": self.description, "bbh_task": self.task, "answer_type": ANSWER_TYPES[self.task],
                       "question": self._item.input, "split": self.split, "index": index, "item": self._item.index,
                       "shots": self.shots, "score": 0, "max_score": 1, "won": False, "lost": False,
-                      "invalid_action": False}
+                      "correct": False, "invalid_action": False}
         allowed = admissible_answers(self.task, self._item.input)
         if allowed is not None:
             self._info["admissible_actions"] = allowed
@@ -347,5 +351,51 @@ class BBHEnv(TextEnv):
         correct, prediction = score(str(action), self._item, self.task)
         self._done = True
         self._info.update(target=self._item.target, extracted_answer=extracted, prediction=prediction,
-                          score=int(correct), won=correct, lost=not correct, invalid_action=not extracted)
+                          score=int(correct), won=correct, lost=not correct, correct=correct,
+                          invalid_action=not extracted)
         return self._last_observation, float(correct), True, False, dict(self._info)
+
+
+# ----------------------------------------------------------------------------------------------
+# What evaluation, play and fine-tuning know about BIG-Bench Hard
+
+def bbh_accuracy(correct: Sequence[bool]) -> Estimate:
+    """% of items answered correctly (exact match after the environment's normalisation)."""
+    return estimate([100.0 * bool(c) for c in correct], "%")
+
+
+def bbh_metrics(correct_by_task: Mapping[str, Sequence[bool]]) -> tuple[dict[str, Estimate], Estimate]:
+    """(accuracy per task, macro average over tasks: the unweighted mean, standard error sqrt(sum se_t^2) / T)."""
+    if not correct_by_task:
+        raise InvalidInput("BIG-Bench Hard metrics need at least one task with answered items.")
+    per_task = {task: bbh_accuracy(correct) for task, correct in sorted(correct_by_task.items())}
+    return per_task, macro_average(list(per_task.values()), "%")
+
+
+def _status(action: str, reward: float, info: Mapping[str, Any]) -> str:
+    verdict = "correct" if info.get("won") else f"wrong; the answer is {info.get('target')}"
+    return f"Answer: {info.get('extracted_answer') or action!r} -> {verdict}."
+
+
+FAMILY = EnvFamily(
+    name="bbh",
+    title="BIG-Bench Hard",
+    make=lambda task, **options: BBHEnv(task=task, **options),
+    variants=lambda: list(TASKS),
+    variant_kind="task",
+    splits=("train", "test", "all"),
+    options=lambda settings: {"split": settings.get("split", "test"), "data_dir": settings.get("bbh_data_dir"),
+                              "shots": settings.get("bbh_shots", 0), "split_seed": settings.get("bbh_split_seed", 0)},
+    resolved_options=lambda env: {"data_dir": str(env.data_dir)},
+    finite=True,
+    recorded_info=("bbh_task", "item", "target", "prediction", "extracted_answer", "correct"),
+    metrics=lambda episodes: {"bbh_accuracy": bbh_accuracy([e["correct"] for e in episodes])},
+    columns=(Column("bbh_accuracy"),),
+    row_label="task",
+    note=lambda options: (f"BBH: {options.get('shots', 0)}-shot prompts, exact match after normalisation; the macro "
+                          "average weighs every task equally."),
+    aggregate=Aggregate("bbh_macro_accuracy", "bbh_accuracy", lambda by_task: bbh_metrics(
+        {task: [e["correct"] for e in episodes] for task, episodes in by_task.items()})[1]),
+    status=_status,
+    answers_questions=True,
+)

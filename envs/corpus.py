@@ -38,8 +38,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from common.errors import InvalidInput, OutputExists
+from common.files import atomic_write_json, atomic_write_text
 from envs.corruption import CORRUPTIONS, corrupt
-from envs.files import atomic_write_json, atomic_write_text
 from envs.transcript import Transcript
 
 FORMAT = "bwarea-corpus-v1"
@@ -90,9 +91,9 @@ class DirtyConfig:
             self.corruption = [self.corruption]
         unknown = [kind for kind in self.corruption if kind not in CORRUPTIONS]
         if unknown or not self.corruption:
-            raise ValueError(f"unknown corruption {unknown or self.corruption}; choose from: {', '.join(CORRUPTIONS)}.")
+            raise InvalidInput(f"unknown corruption {unknown or self.corruption}; choose from: {', '.join(CORRUPTIONS)}.")
         if not 0.0 <= self.ratio <= 1.0:
-            raise ValueError(f"dirty ratio must be in [0, 1], got {self.ratio}.")
+            raise InvalidInput(f"dirty ratio must be in [0, 1], got {self.ratio}.")
 
 
 @dataclass
@@ -288,8 +289,8 @@ class ShardWriter:
 def _prepare_output(out: Path, overwrite: bool) -> None:
     existing = sorted(out.glob("shard-*.jsonl")) + ([out / "manifest.json"] if (out / "manifest.json").exists() else [])
     if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds a corpus ({existing[0].name}, ...); choose another --out "
-                              "or pass --overwrite true to replace it.")
+        raise OutputExists(f"{out} already holds a corpus ({existing[0].name}, ...); choose another --out "
+                           "or pass --overwrite true to replace it.")
     for path in existing:
         path.unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -351,7 +352,7 @@ def build_textworld_corpus(config: TextWorldCorpusConfig, output: OutputConfig, 
     for preset in config.presets:
         get_preset(preset)
     if config.games < 1:
-        raise ValueError(f"--games must be at least 1, got {config.games}.")
+        raise InvalidInput(f"--games must be at least 1, got {config.games}.")
     jobs = [(config.presets[j % len(config.presets)], config.first_game + j // len(config.presets))
             for j in range(config.games)]
     extras = {"textworld_version": TEXTWORLD_VERSION, "split": "train",
@@ -364,7 +365,7 @@ def build_crafter_corpus(config: CrafterCorpusConfig, output: OutputConfig, dirt
     import importlib.metadata
 
     if config.episodes < 1:
-        raise ValueError(f"--episodes must be at least 1, got {config.episodes}.")
+        raise InvalidInput(f"--episodes must be at least 1, got {config.episodes}.")
     seeds = list(range(config.first_seed, config.first_seed + config.episodes))
     extras = {"crafter_version": importlib.metadata.version("crafter"), "seeds": seeds}
     return write_corpus("crafter", functools.partial(crafter_job, config), seeds, output, dirty,

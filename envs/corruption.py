@@ -16,6 +16,8 @@ import string
 
 import numpy as np
 
+from common.errors import InvalidInput
+
 CORRUPTIONS = ("random_tokens", "shuffled_words", "foreign_text")
 
 _TOKEN_CHARS = string.ascii_letters + string.digits + "!#$%&*+-/<=>?@^_|~"
@@ -45,9 +47,9 @@ def _foreign_line(length: int, rng: np.random.Generator) -> str:
 def corrupt(text: str, kind: str, rng: np.random.Generator, rate: float = 0.5) -> str:
     """`text` damaged by corruption `kind` (see the module docstring), line structure kept."""
     if kind not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {kind!r}; choose one of: {', '.join(CORRUPTIONS)}.")
+        raise InvalidInput(f"unknown corruption {kind!r}; choose one of: {', '.join(CORRUPTIONS)}.")
     if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"corruption rate must be in [0, 1], got {rate}.")
+        raise InvalidInput(f"corruption rate must be in [0, 1], got {rate}.")
     lines = text.split("\n")
     if kind == "random_tokens":
         return "\n".join(" ".join(_random_token(rng) if rng.random() < rate else word for word in line.split(" "))

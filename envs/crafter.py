@@ -40,7 +40,10 @@ import crafter
 import numpy as np
 from crafter import constants, objects
 
+from common.errors import InvalidInput
+from common.stats import Estimate, estimate, require_fields
 from envs.base import TextEnv
+from envs.family import Breakdown, Column, EnvFamily, step_status
 
 ENGINE_ACTIONS: tuple[str, ...] = tuple(constants.actions)      # crafter's names, in its index order
 COMPASS = {"move_left": "move west", "move_right": "move east", "move_up": "move north", "move_down": "move south"}
@@ -206,10 +209,10 @@ def success_rates(episodes: Iterable[Iterable[str]]) -> dict[str, float]:
         total += 1
         for name in set(unlocked):
             if name not in counts:
-                raise ValueError(f"unknown Crafter achievement {name!r}; valid: {', '.join(ACHIEVEMENTS)}.")
+                raise InvalidInput(f"unknown Crafter achievement {name!r}; valid: {', '.join(ACHIEVEMENTS)}.")
             counts[name] += 1
     if total == 0:
-        raise ValueError("success_rates needs at least one episode.")
+        raise InvalidInput("success_rates needs at least one episode.")
     return {name: 100.0 * count / total for name, count in counts.items()}
 
 
@@ -217,14 +220,14 @@ def crafter_score(success_rates_percent: Mapping[str, float] | Sequence[float]) 
     """The official Crafter score in %: exp(mean_i ln(1 + s_i)) - 1 over the 22 success rates s_i (in %)."""
     if isinstance(success_rates_percent, Mapping):
         if set(success_rates_percent) != set(ACHIEVEMENTS):
-            raise ValueError(f"crafter_score needs a rate for each of the 22 achievements ({', '.join(ACHIEVEMENTS)}).")
+            raise InvalidInput(f"crafter_score needs a rate for each of the 22 achievements ({', '.join(ACHIEVEMENTS)}).")
         rates = [float(success_rates_percent[name]) for name in ACHIEVEMENTS]
     else:
         rates = [float(rate) for rate in success_rates_percent]
         if len(rates) != len(ACHIEVEMENTS):
-            raise ValueError(f"crafter_score needs 22 success rates, got {len(rates)}.")
+            raise InvalidInput(f"crafter_score needs 22 success rates, got {len(rates)}.")
     if any(not 0.0 <= rate <= 100.0 for rate in rates):
-        raise ValueError("success rates are percentages between 0 and 100.")
+        raise InvalidInput("success rates are percentages between 0 and 100.")
     return math.exp(sum(math.log1p(rate) for rate in rates) / len(rates)) - 1.0
 
 
@@ -322,3 +325,95 @@ class CrafterEnv(TextEnv):
             position=(int(player.pos[0]), int(player.pos[1])),
         )
         return {**self._info, "action_aliases": dict(ACTION_ALIASES)}   # a fresh dict per call (gymnasium's rule)
+
+
+# ----------------------------------------------------------------------------------------------
+# What evaluation, play and fine-tuning know about Crafter
+
+# Crafter has no splits of its own: world seeds get the offsets TextWorld uses for its game seeds, so evaluation
+# worlds never meet the corpus's seeds 0, 1, 2, ...
+SPLIT_OFFSET = {"train": 0, "validation": 1_000_000, "test": 2_000_000}
+
+
+def achievement_matrix(unlocked: Sequence[Sequence[str]]) -> np.ndarray:
+    """Episodes x 22 matrix of 0/100: whether each episode unlocked each achievement (in %)."""
+    matrix = np.zeros((len(unlocked), len(ACHIEVEMENTS)))
+    column = {name: j for j, name in enumerate(ACHIEVEMENTS)}
+    for i, names in enumerate(unlocked):
+        for name in set(names):
+            if name not in column:
+                raise InvalidInput(f"unknown Crafter achievement {name!r}; valid: {', '.join(ACHIEVEMENTS)}.")
+            matrix[i, column[name]] = 100.0
+    return matrix
+
+
+def crafter_score_estimate(unlocked: Sequence[Sequence[str]]) -> Estimate:
+    """The Crafter score (%) of a set of episodes, with a delta-method standard error.
+
+    score = exp(mean_i ln(1 + s_i)) - 1; d score / d s_i = (score + 1) / (22 (1 + s_i)); the rates' covariance
+    is the sample covariance of the per-episode 0/100 indicators divided by n.
+    """
+    if not unlocked:
+        raise InvalidInput("the Crafter score needs at least one episode.")
+    matrix = achievement_matrix(unlocked)
+    rates = matrix.mean(axis=0)
+    score = crafter_score(rates.tolist())
+    n = matrix.shape[0]
+    if n < 2:
+        return Estimate(score, None, n, "%")
+    gradient = (score + 1.0) / (len(ACHIEVEMENTS) * (1.0 + rates))
+    covariance = np.cov(matrix, rowvar=False, ddof=1)
+    variance = float(gradient @ covariance @ gradient) / n
+    return Estimate(score, math.sqrt(max(variance, 0.0)), n, "%")
+
+
+def crafter_metrics(episodes: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Estimate], dict[str, Estimate]]:
+    """(headline metrics, per-achievement success rates in %) from records with `achievements`, `return`, `steps`.
+
+    Headline: `crafter_score` (the official geometric mean, %), `crafter_reward`, `crafter_achievement_fraction`
+    (mean % of the 22 unlocked per episode), BALROG's `balrog_progression` (the same number, named as BALROG
+    reports it) and the episode steps."""
+    require_fields(episodes, ("achievements", "return", "steps"), "Crafter")
+    unlocked = [list(e["achievements"]) for e in episodes]
+    matrix = achievement_matrix(unlocked)
+    metrics = {
+        "crafter_score": crafter_score_estimate(unlocked),
+        "crafter_reward": estimate([e["return"] for e in episodes], "reward"),
+        "crafter_achievement_fraction": estimate((matrix.mean(axis=1)).tolist(), "%"),
+        "balrog_progression": estimate([100.0 * len(set(names)) / len(ACHIEVEMENTS) for names in unlocked], "%"),
+        "episode_steps": estimate([e["steps"] for e in episodes], "steps"),
+    }
+    per_achievement = {name: estimate(matrix[:, j].tolist(), "%") for j, name in enumerate(ACHIEVEMENTS)}
+    return metrics, per_achievement
+
+
+def _status(action: str, reward: float, info: Mapping[str, Any]) -> str:
+    new = ["new achievement: " + ", ".join(info["new_achievements"])] if info.get("new_achievements") else []
+    # info["action"]: the action name the environment understood
+    return step_status(info.get("action") or action, reward, info, *new,
+                       f"achievements {len(info.get('achievements', []))}/{len(ACHIEVEMENTS)}")
+
+
+FAMILY = EnvFamily(
+    name="crafter",
+    title="Crafter",
+    make=lambda variant, **options: CrafterEnv(**options),
+    splits=tuple(SPLIT_OFFSET),
+    episode_seed=lambda split, index: SPLIT_OFFSET[split] + index,
+    options=lambda settings: {} if settings.get("max_steps") is None else {"max_steps": settings["max_steps"]},
+    resolved_options=lambda env: {"max_steps": env.max_steps},
+    training_split=None,
+    recorded_info=("achievements",),
+    metrics=lambda episodes: crafter_metrics(episodes)[0],
+    columns=(Column("crafter_score", 2), Column("balrog_progression"), Column("crafter_reward", 2, "crafter_reward"),
+             Column("episode_steps", 1, "steps")),
+    note=lambda options: (
+        "crafter_score is the geometric mean exp(mean_i ln(1 + s_i)) - 1 over the 22 success rates s_i (%); "
+        "balrog_progression is BALROG's metric, the mean share of the 22 achievements unlocked per episode "
+        "(also stored as crafter_achievement_fraction). The two are different numbers: compare each only with "
+        "its own kind."),
+    breakdown=Breakdown("achievement_success_rates", "Success rate per achievement (% of episodes)", "achievement",
+                        "success rate (%)", lambda episodes: crafter_metrics(episodes)[1]),
+    status=_status,
+    renders_frames=True,
+)

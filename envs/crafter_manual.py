@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from crafter import constants
 
+from common.errors import InvalidInput
 from envs.crafter import ACHIEVEMENTS, ACTIONS, COMPASS
 
 STATIONS = tuple(constants.place)  # things that can be placed: stone, table, furnace, plant
@@ -116,7 +117,7 @@ def build_plan(achievement: str) -> tuple[Counter, list[str]]:
     actions. Each tool and station is made once; stone and saplings are used up when placed."""
     kind, _, goal = achievement.partition("_")
     if kind not in ("place", "make"):
-        raise ValueError(f"build_plan covers place_* and make_* achievements, not {achievement!r}.")
+        raise InvalidInput(f"build_plan covers place_* and make_* achievements, not {achievement!r}.")
     raw: Counter = Counter()
     owned: set[str] = set()
     steps: list[str] = []

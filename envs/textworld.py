@@ -33,6 +33,7 @@ import tempfile
 import time
 import unicodedata
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,11 @@ import textworld
 import textworld.challenges
 from textworld.generator import QuestGenerationError
 
+from common.errors import InvalidInput
+from common.files import atomic_write_json, cache_root
+from common.stats import Estimate, estimate, require_fields
 from envs.base import TextEnv
-from envs.files import atomic_write_json, cache_root
+from envs.family import Column, EnvFamily, step_status
 from envs.transcript import tidy
 
 SPLITS = ("train", "validation", "test")
@@ -104,20 +108,20 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in [
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise ValueError(f"unknown TextWorld preset {name!r}; choose one of: {', '.join(PRESETS)}.")
+        raise InvalidInput(f"unknown TextWorld preset {name!r}; choose one of: {', '.join(PRESETS)}.")
     return PRESETS[name]
 
 
 def _check_split(split: str) -> str:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}.")
+        raise InvalidInput(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}.")
     return split
 
 
 def game_seed(split: str, index: int) -> int:
     """The textworld seed of game `index` (0-based) of a split."""
     if not 0 <= index < SPLIT_SIZE:
-        raise ValueError(f"game index {index} is outside 0..{SPLIT_SIZE - 1}.")
+        raise InvalidInput(f"game index {index} is outside 0..{SPLIT_SIZE - 1}.")
     return _SPLIT_OFFSET[_check_split(split)] + index
 
 
@@ -130,7 +134,7 @@ def seeds(preset_name: str, split: str, n: int, start: int = 0) -> list[int]:
 def split_of(seed: int) -> str:
     """Which split a textworld seed belongs to."""
     if not 0 <= seed < len(SPLITS) * SPLIT_SIZE:
-        raise ValueError(f"seed {seed} belongs to no split (valid seeds: 0..{len(SPLITS) * SPLIT_SIZE - 1}).")
+        raise InvalidInput(f"seed {seed} belongs to no split (valid seeds: 0..{len(SPLITS) * SPLIT_SIZE - 1}).")
     return SPLITS[seed // SPLIT_SIZE]
 
 
@@ -403,3 +407,68 @@ class TextWorldEnv(TextEnv):
             admissible_actions=list(state.admissible_commands), score=int(state.score or 0),
             max_score=int(state.max_score), won=bool(state.won), lost=bool(state.lost),
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# What evaluation, play and fine-tuning know about TextWorld
+
+def textworld_normalised_score(score: float, max_score: float, won: bool) -> float:
+    """One episode's score as % of the game's maximum (a game without points counts 100 if won, else 0)."""
+    return 100.0 * score / max_score if max_score else 100.0 * float(won)
+
+
+def balrog_textworld_progression(score: float, max_score: float, won: bool) -> float:
+    """BALROG's TextWorld progression of one episode in %: 100 * score / max_score, 100 when won."""
+    return 100.0 if won else (100.0 * score / max_score if max_score else 0.0)
+
+
+def textworld_metrics(episodes: Sequence[Mapping[str, Any]]) -> dict[str, Estimate]:
+    """`textworld_normalised_score` and `textworld_success_rate` (%), BALROG's `balrog_progression` (%),
+    the episode reward and steps, from episode records with `score`, `max_score`, `won`, `return` and `steps`."""
+    require_fields(episodes, ("score", "max_score", "won", "return", "steps"), "TextWorld")
+    return {
+        "textworld_normalised_score": estimate(
+            [textworld_normalised_score(e["score"], e["max_score"], e["won"]) for e in episodes], "%"),
+        "textworld_success_rate": estimate([100.0 * bool(e["won"]) for e in episodes], "%"),
+        "balrog_progression": estimate([balrog_textworld_progression(e["score"], e["max_score"], e["won"])
+                                        for e in episodes], "%"),
+        "episode_reward": estimate([e["return"] for e in episodes], "reward"),
+        "episode_steps": estimate([e["steps"] for e in episodes], "steps"),
+    }
+
+
+def ensure_games(preset: str, split: str, indices: Sequence[int], options: Mapping[str, Any], progress: bool = True) -> None:
+    """Generate the missing games `indices` of a split into the cache, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    cache = GameCache(options.get("cache_dir"))
+    missing = [index for index in dict.fromkeys(indices)
+               if not (cache.game_dir(preset, game_seed(split, index)) / "meta.json").is_file()]
+    for index in tqdm(missing, desc="generating TextWorld games", unit="game", disable=not progress):
+        cache.get(preset, game_seed(split, index))
+
+
+def _options(settings: Mapping[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {"split": settings.get("split", "test"), "cache_dir": settings.get("textworld_cache_dir")}
+    if settings.get("max_steps") is not None:
+        options["max_steps"] = settings["max_steps"]
+    return options
+
+
+FAMILY = EnvFamily(
+    name="textworld",
+    title="TextWorld",
+    make=lambda preset, **options: TextWorldEnv(preset=preset, **options),
+    variants=lambda: list(PRESETS),
+    variant_kind="preset",
+    splits=SPLITS,
+    options=_options,
+    resolved_options=lambda env: {"max_steps": env.max_steps, "cache_dir": str(env.cache.directory)},
+    prepare=ensure_games,
+    recorded_info=("preset", "game_seed"),
+    metrics=textworld_metrics,
+    columns=(Column("textworld_normalised_score"), Column("textworld_success_rate"), Column("balrog_progression"),
+             Column("episode_reward", 2, "reward"), Column("episode_steps", 1, "steps")),
+    status=lambda action, reward, info: step_status(action, reward, info,
+                                                    f"score {info.get('score')}/{info.get('max_score')}"),
+)

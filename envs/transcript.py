@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from common.errors import InvalidInput
+
 COMMAND_PREFIX = "> "
 _SPACES = re.compile(r"[ \t\f\v\r]+")
 
@@ -62,7 +64,7 @@ class Transcript:
     def act(self, command: str) -> None:
         """Record `command` as the answer to the current observation."""
         if self.observation is None:
-            raise ValueError("Transcript.act needs a current observation first; call observe(observation).")
+            raise InvalidInput("Transcript.act needs a current observation first; call observe(observation).")
         self.turns.append((self.observation, tidy_command(command)))
         self.observation = None
 
@@ -84,7 +86,7 @@ class Transcript:
     def prompt(self, max_turns: int | None = None) -> str:
         """render(max_turns) ending with the current observation and "\\n>", ready for " <command>"."""
         if self.observation is None:
-            raise ValueError("Transcript.prompt needs a current observation; call observe(observation) first.")
+            raise InvalidInput("Transcript.prompt needs a current observation; call observe(observation) first.")
         return self.render(max_turns) + "\n" + COMMAND_PREFIX.rstrip()
 
     @staticmethod

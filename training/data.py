@@ -58,10 +58,10 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from bwarea.tokenizer import load_tokenizer, train_tokenizer
+from common.errors import UserError
+from common.files import cache_root, replace_directory
 from envs.corpus import DirtyConfig
 from envs.corruption import corrupt
-from envs.files import cache_root
-from training.runs import UserError, replace_directory
 
 CORPUS_SUFFIXES = (".txt", ".jsonl")
 CACHE_FORMAT = "bwarea-token-cache-v1"

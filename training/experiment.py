@@ -25,12 +25,14 @@ from tqdm.auto import tqdm
 
 import bwarea
 import envs
-from bwarea.checkpoint import atomic_write_text
 from bwarea.device import resolve_device
+from common.errors import UserError
+from common.files import atomic_write_text
+from common.jsonable import jsonable
+from common.stats import Estimate, estimate
 from training.hardware import usable_cores
-from training.metrics import Estimate, estimate
 from training.rollout import Episode, RolloutConfig, RolloutEngine
-from training.runs import RunDirectory, UserError
+from training.runs import RunDirectory
 
 PLAN_FILE = "plan.json"
 PRETRAINED_START_FIELDS = ("val_blocks", "init_from", "variant", "tuning", "policy_tuning", "ar_tuning", "lora")
@@ -135,11 +137,6 @@ def corpus_fingerprint(corpus: Path) -> str:
     for manifest in sorted(corpus.rglob("manifest.json")):
         digest.update(manifest.relative_to(corpus).as_posix().encode() + b"\0" + manifest.read_bytes())
     return digest.hexdigest()
-
-
-def jsonable(value: Any) -> Any:
-    """`value` as it reads back from JSON (tuples become lists, paths and other objects strings)."""
-    return json.loads(json.dumps(value, default=str))
 
 
 def _recorded_plan(directory: Path) -> dict[str, Any] | None:

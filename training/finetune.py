@@ -35,11 +35,12 @@ import envs
 from bwarea import ScalarModel
 from bwarea.adaptation import prepare_tuning
 from bwarea.lora import LoraSettings, has_lora, merge_lora
+from common.errors import UserError
 from training.adam_mini import AdamMini, adam_mini_param_groups
 from training.objectives import OBJECTIVES, Needs, RolloutBatch, get_objective
 from training.reward_model import RewardScorer
 from training.rollout import Episode, ReferencePolicy, RolloutConfig, RolloutEngine, build_rollout_batch
-from training.runs import RunCLI, UserError, cli_main, peak_memory_mb, read_training_info, run_cli
+from training.runs import RunCLI, peak_memory_mb, read_training_info, run_cli
 
 TRAINABLE_PARTS = ("policy", "world", "inverse", "codebook")
 # model_type -> the token trunk PPO's value model copies (CoLA's policy reads the frozen LM's states)
@@ -239,10 +240,10 @@ class FinetuneModule(L.LightningModule):
         return self.policy_model.get_submodule(VALUE_TRUNKS[self.policy_model.config.model_type])
 
     def make_env(self, name: str):
-        """A training environment: TextWorld games and BIG-Bench Hard items from their training split,
-        Crafter worlds by seed."""
-        options = self.env_options if name == "crafter" else {**self.env_options, "split": "train"}
-        return envs.make(name, **options)
+        """A training environment: games and items from the family's training split (TextWorld, BIG-Bench Hard),
+        or worlds by seed for a family without splits (Crafter)."""
+        split = envs.family(name).training_split
+        return envs.make(name, **(self.env_options if split is None else {**self.env_options, "split": split}))
 
     def play(self, tasks: list[int], greedy: bool, sampling_seeds: list[int] | None = None) -> list[Episode]:
         """One episode per task of the pool (task k = index k // len(envs) of environment k % len(envs));
@@ -649,7 +650,3 @@ class FinetuneCLI(RunCLI):
 def run(args: list[str] | dict[str, Any] | None = None, exit_on_error: bool = False) -> Path:
     """Run `bwarea finetune` in this process; returns the run directory (the fine-tuned model is run_dir / "export")."""
     return run_cli(FinetuneCLI, args, exit_on_error)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return cli_main(FinetuneCLI, argv)

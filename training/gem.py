@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from training.runs import UserError
+from common.errors import UserError
 
 
 class SupervisedLossError(UserError, ValueError):

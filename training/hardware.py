@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from common.errors import InvalidInput
+
 AUTO = "auto"
 NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 GPU_ACCELERATORS = ("gpu", "cuda")
@@ -125,7 +127,7 @@ def resolve_precision(requested: str | int | None, accelerator: str = AUTO, hard
 def configure_threads(threads: int | None = None, processes_per_machine: int = 1, hardware: Hardware | None = None) -> int:
     """Set torch's intra-op threads: `threads`, or this process's share of the usable cores. Returns the count."""
     if threads is not None and threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}.")
+        raise InvalidInput(f"threads must be at least 1, got {threads}.")
     count = threads or max(1, (hardware or probe()).cores // max(1, processes_per_machine))
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)

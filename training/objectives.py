@@ -44,6 +44,8 @@ from typing import Any, Callable
 
 import torch
 
+from common.errors import InvalidInput
+
 Metrics = dict[str, float]
 Options = dict[str, Any]
 ESTIMATORS = ("exact", "sampled")
@@ -80,7 +82,7 @@ class RolloutBatch:
 def _require(batch: RolloutBatch, objective: str, *names: str) -> None:
     missing = [name for name in names if getattr(batch, name) is None]
     if missing:
-        raise ValueError(f"objective {objective!r} needs rollout field(s) {missing}; the rollout engine must record them.")
+        raise InvalidInput(f"objective {objective!r} needs rollout field(s) {missing}; the rollout engine must record them.")
 
 
 def _sampling_log_probs(batch: RolloutBatch) -> torch.Tensor:
@@ -141,9 +143,9 @@ def episode_baseline(batch: RolloutBatch, kind: str, objective: str) -> torch.Te
     if kind == "none":
         return torch.zeros_like(batch.episode_returns)
     if kind == "mean":
-        raise ValueError("baseline 'mean' was removed: it averaged the returns of other tasks; use 'group' (leave-one-out "
-                         "over rollout.group_size samples of the same task) or 'greedy'.")
-    raise ValueError(f"baseline must be one of {BASELINES}, got {kind!r}.")
+        raise InvalidInput("baseline 'mean' was removed: it averaged the returns of other tasks; use 'group' (leave-one-out "
+                           "over rollout.group_size samples of the same task) or 'greedy'.")
+    raise InvalidInput(f"baseline must be one of {BASELINES}, got {kind!r}.")
 
 
 def position_baseline(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -170,7 +172,7 @@ class Regulariser:
 
 def _implausible(log_ref: torch.Tensor, alpha: float, alpha_convention: str) -> torch.Tensor:
     if alpha_convention not in ("threshold", "official"):
-        raise ValueError(f"alpha_convention must be 'threshold' or 'official', got {alpha_convention!r}.")
+        raise InvalidInput(f"alpha_convention must be 'threshold' or 'official', got {alpha_convention!r}.")
     if alpha_convention == "official" and alpha == 0:
         return torch.ones_like(log_ref)  # the authors' code: alpha = 0 switches PM off, leaving KL-RLHF
     return (log_ref <= torch.log(torch.tensor(alpha, dtype=log_ref.dtype, device=log_ref.device))).to(log_ref.dtype)
@@ -202,7 +204,7 @@ def regulariser(batch: RolloutBatch, kind: str, coef: float, objective: str, alp
             kept = _implausible(batch.ref_log_policy, alpha, alpha_convention) * batch.ref_log_policy
             expected = -coef * (batch.log_policy.exp() * (batch.log_policy - kept)).sum(-1)
         return Regulariser(sampled, expected, kind, coef)
-    raise ValueError(f"unknown regulariser {kind!r}.")
+    raise InvalidInput(f"unknown regulariser {kind!r}.")
 
 
 def k3(batch: RolloutBatch) -> torch.Tensor:
@@ -214,11 +216,11 @@ def k3(batch: RolloutBatch) -> torch.Tensor:
 
 def _check_estimator(estimator: str, placement: str, gamma: float) -> None:
     if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}.")
+        raise InvalidInput(f"estimator must be one of {ESTIMATORS}, got {estimator!r}.")
     if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}.")
+        raise InvalidInput(f"placement must be one of {PLACEMENTS}, got {placement!r}.")
     if not 0 < gamma <= 1:
-        raise ValueError(f"gamma must be in (0, 1], got {gamma}.")
+        raise InvalidInput(f"gamma must be in (0, 1], got {gamma}.")
 
 
 def _reinforce(batch: RolloutBatch, baseline: torch.Tensor, term: Regulariser | None, estimator: str, placement: str,
@@ -232,7 +234,7 @@ def _reinforce(batch: RolloutBatch, baseline: torch.Tensor, term: Regulariser | 
     direct = torch.zeros((), device=mask.device)
     if term is not None and placement == "k3":
         if term.kind != "kl":
-            raise ValueError("placement 'k3' is a KL estimator; use it with a KL penalty (kl_rlhf, remax/rloo kl_coef).")
+            raise InvalidInput("placement 'k3' is a KL estimator; use it with a KL penalty (kl_rlhf, remax/rloo kl_coef).")
         direct = -term.coef * (k3(batch) * mask).sum(-1).mean()
     elif term is not None and estimator == "sampled":
         weights = weights + (reward_to_go(term.sampled, mask, gamma) if placement == "reward_to_go" else term.sampled * mask)
@@ -317,7 +319,7 @@ def pm_rlhf(batch: RolloutBatch, beta: float = 0.1, baseline: str = "greedy", ad
     """
     _check_estimator(estimator, placement, gamma)
     if placement == "k3":
-        raise ValueError("placement 'k3' is a KL estimator; PM-RLHF takes reward_to_go or one_step.")
+        raise InvalidInput("placement 'k3' is a KL estimator; PM-RLHF takes reward_to_go or one_step.")
     term = regulariser(batch, "pm", beta, "pm_rlhf", exact=estimator == "exact")
     loss, metrics = _reinforce(batch, episode_baseline(batch, baseline, "pm_rlhf"), term, estimator, placement, gamma,
                                advantage_clip)
@@ -337,7 +339,7 @@ def conditional_pm_rlhf(batch: RolloutBatch, beta: float = 0.1, alpha: float = 1
     """
     _check_estimator(estimator, placement, gamma)
     if placement == "k3":
-        raise ValueError("placement 'k3' is a KL estimator; conditional PM-RLHF takes reward_to_go or one_step.")
+        raise InvalidInput("placement 'k3' is a KL estimator; conditional PM-RLHF takes reward_to_go or one_step.")
     term = regulariser(batch, "conditional_pm", beta, "conditional_pm_rlhf", alpha, alpha_convention, estimator == "exact")
     loss, metrics = _reinforce(batch, episode_baseline(batch, baseline, "conditional_pm_rlhf"), term, estimator,
                                placement, gamma, advantage_clip)
@@ -387,7 +389,7 @@ def aggregate_positions(values: torch.Tensor, mask: torch.Tensor, aggregate: str
         return ((values * weights).sum(-1) / weights.sum(-1).clamp(min=1)).mean()
     if aggregate == "sequence_sum":
         return (values * weights).sum(-1).mean()
-    raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}.")
+    raise InvalidInput(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}.")
 
 
 def group_advantages(batch: RolloutBatch, normalise_std: bool, eps: float = 1e-6) -> RolloutBatch:
@@ -558,7 +560,7 @@ class Objective:
     def check_options(self, options: Options) -> None:
         unknown = sorted(set(options) - self.option_names())
         if unknown:
-            raise ValueError(f"objective {self.name!r} has no option(s) {unknown}; its options are {sorted(self.option_names())}.")
+            raise InvalidInput(f"objective {self.name!r} has no option(s) {unknown}; its options are {sorted(self.option_names())}.")
 
     def _call(self, function: Callable, batch: RolloutBatch, options: Options):
         """`function` with the options it declares (all of them if it takes **options)."""
@@ -600,5 +602,5 @@ OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in (
 
 def get_objective(name: str) -> Objective:
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}.")
+        raise InvalidInput(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}.")
     return OBJECTIVES[name]

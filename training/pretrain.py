@@ -30,17 +30,19 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import FSDPStrategy
 
-from bwarea import ARConfig, ARLanguageModel, BWAreaConfig, BWAreaModel, CheckpointError, has_latent_actions, load_pretrained
+from bwarea import (ARConfig, ARLanguageModel, BWAreaConfig, BWAreaModel, CheckpointError, has_latent_actions,
+                    load_pretrained)
 from bwarea.adaptation import Variant, is_saved_model, prepare_tuning, start_model
 from bwarea.codebook import usage_from_counts
 from bwarea.diagnostics import ActionInformation, action_information, flops_per_token
 from bwarea.lora import LoraSettings, has_lora, merge_lora
 from bwarea.model import chosen_log_probs
 from bwarea.pretrained_lm import init_codebook_kmeans
+from common.errors import UserError
 from training.adam_mini import AdamMini, adam_mini_param_groups
 from training.data import PretrainData, tokenizer_fingerprint
 from training.gem import TrainedWithSupervisedLoss
-from training.runs import RunCLI, UserError, cli_main, read_training_info, run_cli
+from training.runs import RunCLI, read_training_info, run_cli
 
 STAGES = {"world": "stage 1 (WorldModelStage)", "policy": "stage 2 (PolicyStage)", "ar": "the AR baseline (ARBaseline)"}
 
@@ -724,10 +726,6 @@ def run(args: list[str] | dict[str, Any] | None = None, exit_on_error: bool = Fa
 
     `args` are command-line style (["--config", "configs/pretrain/tiny.yaml", "--data.corpus", "data/tw"]) or a
     nested dict of the same options. Errors raise (DataError, PretrainError, TrainingDiverged, ... all
-    training.runs.UserError; bwarea.CheckpointError) instead of exiting.
+    common.errors.UserError, bwarea.CheckpointError among them) instead of exiting.
     """
     return run_cli(PretrainCLI, args, exit_on_error)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return cli_main(PretrainCLI, argv)

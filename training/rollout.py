@@ -18,12 +18,12 @@ An environment that raises, or a reward function that raises, drops that episode
 
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
+from common.errors import describe_error
 from envs import Transcript
 from training.objectives import RolloutBatch
 
@@ -437,10 +437,3 @@ def summarize(episodes: Sequence[Episode]) -> EpisodeSummary:
         mean_turns=sum(len(e.turns) for e in kept) / count,
         tokens=sum(e.num_tokens for e in kept),
     )
-
-
-def describe_error(error: BaseException) -> str:
-    """One line: the error's type, message and the file:line it was raised at."""
-    frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
-    where = f" ({frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})" if frame else ""
-    return f"{type(error).__name__}: {error}{where}"

@@ -33,11 +33,13 @@ from Python and `cli_main(cli_class, argv) -> exit code` is a command's `main`. 
 
 from __future__ import annotations
 
-import csv
+import argparse
 import hashlib
 import json
-import math
+import logging
 import os
+import pickle
+import re
 import resource
 import shutil
 import sys
@@ -57,14 +59,10 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from bwarea.checkpoint import (TRAINING_INFO_FILE, CheckpointError, atomic_write, atomic_write_text,  # noqa: F401
-                               read_training_info, replace_directory, write_training_info)
+from bwarea.checkpoint import TRAINING_INFO_FILE, CheckpointError, read_training_info, write_training_info  # noqa: F401
+from common.errors import OptionError, UserError, option_error_message, report_errors
+from common.files import atomic_write, atomic_write_text, check_writable, replace_directory
 from training.hardware import AUTO, configure_threads, probe, resolve_precision, runtime_line, uses_gpu
-
-
-
-class UserError(Exception):
-    """A problem with the user's input or with the run; commands print its message alone, without a traceback."""
 
 
 class RunDirectoryError(UserError, ValueError):
@@ -72,7 +70,9 @@ class RunDirectoryError(UserError, ValueError):
 
 
 class TrainingDiverged(UserError, RuntimeError):
-    """The loss, a gradient or the weights became NaN/Inf."""
+    """The loss, a gradient or the weights became NaN/Inf (exit status 1: the run failed, the input was readable)."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -119,6 +119,7 @@ class RunDirectory:
     """The layout of one run directory (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike):
+        self.created = False   # whether this invocation made the directory (open): removed if the run fails before training
         self.path = Path(path)
 
     @property
@@ -161,6 +162,8 @@ class RunDirectory:
         run = cls(Path(root).expanduser() / name)
         if not is_main_process:
             return run
+        check_writable(run.path)
+        run.created = not run.path.exists()
         if run.holds_a_run() and not resuming:
             if not overwrite:
                 raise RunDirectoryError(
@@ -197,9 +200,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(Path(path), lambda temp: torch.save(checkpoint, temp))
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        if not Path(path).is_file():
+        path = Path(path)
+        if not path.is_file():
             raise CheckpointError(f"checkpoint {path} does not exist; pass a .ckpt file of this run or 'last'.")
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+            others = sorted((other for other in path.parent.glob("*.ckpt")
+                             if other.resolve() != path.resolve() and other.stat().st_size > 0),
+                            key=lambda other: other.stat().st_mtime)
+            offer = (f"resume from the previous one with --ckpt_path {others[-1]}" if others
+                     else "no other checkpoint of this run exists; start afresh without --ckpt_path")
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"checkpoint {path} cannot be read ({reason}): it is truncated or damaged; "
+                                  f"{offer}.") from None
 
 
 def peak_memory_mb() -> float:
@@ -347,27 +361,6 @@ class ExportOnTrainEnd(Callback):
         trainer.strategy.barrier("export")
 
 
-def read_metrics(run_path: str | os.PathLike) -> list[dict[str, float]]:
-    """All CSV rows logged by a run, oldest invocation first, numbers as floats (empty cells dropped).
-
-    When a run was resumed, rows of an earlier invocation at or after the step the next one resumed
-    from are dropped (that invocation was cut off and its later steps were redone).
-    """
-    versions = sorted((Path(run_path) / "logs" / "csv").glob("version_*/metrics.csv"),
-                      key=lambda path: int(path.parent.name.split("_")[1]))
-    runs = []
-    for path in versions:
-        with path.open(newline="") as handle:
-            rows = [{key: float(value) for key, value in row.items() if value not in ("", None)} for row in csv.DictReader(handle)]
-        runs.append(rows)
-    merged: list[dict[str, float]] = []
-    for index, rows in enumerate(runs):
-        later = [row["step"] for following in runs[index + 1:] for row in following if "step" in row]
-        cutoff = min(later) if later else math.inf
-        merged += [row for row in rows if row.get("step", -1) < cutoff]
-    return merged
-
-
 # ----------------------------------------------------------------------------------------------
 # The command line of a training command
 
@@ -391,6 +384,19 @@ def _processes_per_machine(trainer: dict[str, Any]) -> int:
     return int(devices) if str(devices).isdigit() and int(devices) > 0 else 1
 
 
+# Lightning's info lines that say again what the runtime line says ("GPU available: False", "Using bfloat16
+# Automatic Mixed Precision"), advertise ("Tip: ... try installing litlogger") or repeat the obvious at the end
+# ("`Trainer.fit` stopped: `max_steps=12` reached"); hidden by RunCLI.quiet where they are logged, nothing else
+LIGHTNING_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                     "lightning.fabric.utilities.seed")
+LIGHTNING_REPEATS = re.compile(r"^(\N{ELECTRIC LIGHT BULB} Tip:|(GPU|TPU|HPU) available:|Using .*(Automatic Mixed "
+                               r"Precision|precision)|`Trainer\.fit` stopped:|Seed set to )")
+
+
+def _drop_lightning_repeats(record: logging.LogRecord) -> bool:
+    return not LIGHTNING_REPEATS.match(record.getMessage())
+
+
 class RunCLI(LightningCLI):
     """LightningCLI for a training command whose every invocation trains (or resumes) one run directory.
 
@@ -407,8 +413,7 @@ class RunCLI(LightningCLI):
         trainer_defaults     Trainer defaults of this command (still overridable under `trainer:`); note that
                              manual optimization refuses gradient_clip_val
         seed_everything_default  seed when the config gives none
-        user_errors          exception types that cli_main prints as one line without a traceback
-        ignored_warnings     regular expressions of warnings hidden while parsing and training (noise that
+            ignored_warnings     regular expressions of warnings hidden while parsing and training (noise that
                              this command's design makes harmless)
 
     and may override these hooks (calling super() where they extend):
@@ -457,7 +462,6 @@ class RunCLI(LightningCLI):
     subclass_mode_data: ClassVar[bool] = False
     trainer_defaults: ClassVar[dict[str, Any]] = {}
     seed_everything_default: ClassVar[int | bool] = 0
-    user_errors: ClassVar[tuple[type[BaseException], ...]] = (UserError, CheckpointError)
     ignored_warnings: ClassVar[tuple[str, ...]] = (
         # `args` given from Python (run_cli, tests) while sys.argv holds the caller's own arguments
         "LightningCLI's args parameter is intended",
@@ -466,6 +470,8 @@ class RunCLI(LightningCLI):
         # under manual optimization a checkpoint holds the state after the step together with the incremented
         # global_step, which is exactly what an exact resume needs
         "Using ModelCheckpoint with manual optimization and every_n_train_steps",
+        # torch deprecates an API that Lightning 2.6's pytree helper still calls on every fit; not ours to change
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     )
 
     def __init__(self, args: list[str] | dict[str, Any] | None = None, parse_only: bool = False, exit_on_error: bool = True):
@@ -488,11 +494,26 @@ class RunCLI(LightningCLI):
     @classmethod
     @contextmanager
     def quiet(cls) -> Iterator[None]:
-        """Hide `ignored_warnings` (pytest and other callers reset module-level filters, so they are set here)."""
+        """Hide `ignored_warnings` (pytest and other callers reset module-level filters, so they are set here) and
+        Lightning's start-up lines that the command's own runtime line replaces (LIGHTNING_REPEATS)."""
+        loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
         with warnings.catch_warnings():
             for message in cls.ignored_warnings:
                 warnings.filterwarnings("ignore", message=message)
-            yield
+            for logger in loggers:
+                logger.addFilter(_drop_lightning_repeats)
+            try:
+                yield
+            finally:
+                for logger in loggers:
+                    logger.removeFilter(_drop_lightning_repeats)
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        # --help: the command's own options (model, data, run) first, Lightning's many trainer options behind them
+        groups = self.parser._action_groups
+        trainer = [group for group in groups if any(action.dest.startswith("trainer") for action in group._group_actions)]
+        self.parser._action_groups = [group for group in groups if group not in trainer] + trainer
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_class_arguments(RunSettings, "run", fail_untyped=True)
@@ -595,19 +616,32 @@ def run_cli(cli_class: type[RunCLI], args: list[str] | dict[str, Any] | None = N
     concerns option errors).
     """
     cli = cli_class(args, exit_on_error=exit_on_error)
-    with cli_class.quiet():
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.checkpoint_to_resume())
+    try:
+        with cli_class.quiet():
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.checkpoint_to_resume())
+    except BaseException:
+        run = cli.run_dir
+        if run is not None and run.created and cli.trainer.global_step == 0 and not run.holds_a_run():
+            shutil.rmtree(run.path, ignore_errors=True)   # failed before training: nothing worth keeping
+        raise
     return cli.run_dir.path
 
 
 def cli_main(cli_class: type[RunCLI], argv: list[str] | None = None) -> int:
-    """The body of a training command's `main(argv) -> int`: run_cli, with option errors and --help exiting as
-    the parser decides (usually 2 and 0), and `cli_class.user_errors` printed as "<prog>: <message>" (exit 1)."""
-    try:
-        run_cli(cli_class, sys.argv[1:] if argv is None else argv, exit_on_error=True)
-    except SystemExit as stop:  # --help, or an option error already printed by the parser
-        return int(stop.code or 0) if isinstance(stop.code, int) or stop.code is None else 2
-    except cli_class.user_errors as error:
-        print(f"{cli_class.prog}: {error}", file=sys.stderr)
-        return 1
-    return 0
+    """A training command's `main(argv) -> int`: run_cli under the one error policy of every command
+    (common.errors.report_errors): an option error or a UserError is one line and exit status 2 (a diverged run: 1),
+    --help exits 0; a finished run ends with one line naming its export (or run directory)."""
+
+    args = list(sys.argv[1:] if argv is None else argv)
+
+    def body() -> None:
+        try:
+            run_dir = run_cli(cli_class, args, exit_on_error=False)
+        except argparse.ArgumentError as error:
+            raise OptionError(option_error_message(error, tuple(args)) + " (--help lists all options)") from None
+        if rank_zero_only.rank == 0:
+            export = run_dir / "export"
+            where = f"the export is {export}" if export.is_dir() else f"the run directory is {run_dir}"
+            print(f"{cli_class.prog}: finished; {where}", flush=True)
+
+    return report_errors(cli_class.prog, body)

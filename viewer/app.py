@@ -107,7 +107,7 @@ def compare_runs(a: Run, b: Run) -> dict[str, Any]:
 
 def training_curves(run: Run) -> dict[str, Any]:
     """Every logged column of a training run as [[step, value], ...] (rows without a step are left out)."""
-    from training.runs import read_metrics   # loads lightning: only when a curve is asked for
+    from common.logs import read_metrics
 
     columns: dict[str, list[list[float]]] = {}
     for row in read_metrics(run.path):

@@ -5,7 +5,7 @@
     state = games.act(state["id"], "go north")
     state = games.quit(state["id"])                             # saved; finished games are saved by themselves
 
-Each game is a training.play.Session (the environment, the optional agent whose suggestion is shown each
+Each game is a evaluation.play.Session (the environment, the optional agent whose suggestion is shown each
 turn, the output directory and the saving of `episode.json`), so a browser game is saved exactly as a
 terminal one: the `bwarea evaluate` episode record plus `player`, `agent`, `ended` and `split`, in
 `<out_dir>/<env>-<seed>-<time>/episode.json`. With `out_dir` among the viewer's roots it then appears
@@ -31,12 +31,12 @@ MAX_GAMES = 16     # games kept in memory; starting one more drops the oldest (s
 
 
 class BrowserGame:
-    """One episode: a training.play.Session whose turns come from HTTP requests."""
+    """One episode: a evaluation.play.Session whose turns come from HTTP requests."""
 
     def __init__(self, game_id: str, env: str, seed: int, split: str, agent: str | None, out_dir: Path,
                  options: dict[str, Any]) -> None:
-        from training.evaluate import EpisodeRecorder
-        from training.play import PlayConfig, Session
+        from evaluation.play import PlayConfig, Session
+        from evaluation.records import EpisodeRecorder
 
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = out_dir / f"{env.replace('/', '_')}-{seed}-{stamp}-{game_id}"

@@ -32,9 +32,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-# training.evaluate.FORMAT, repeated here because importing training.evaluate loads torch (tests keep them equal)
-KNOWN_FORMATS = ("bwarea-evaluation/1",)
-SETTINGS_FILE, EPISODES_FILE, SUMMARY_FILE = "evaluation.json", "episodes.jsonl", "summary.json"
+from common.errors import UserError
+from evaluation.config import EPISODES_FILE, FORMAT, SETTINGS_FILE, SUMMARY_FILE
+
+KNOWN_FORMATS = (FORMAT,)
 PLAY_FILE = "episode.json"
 METRICS_GLOB = "logs/csv/version_*/metrics.csv"
 # folders inside runs that never hold runs themselves (skipped by discovery, which stays fast on big trees)
@@ -46,7 +47,7 @@ HEADER_FIELDS = ("env", "family", "seed", "episode", "env_seed", "steps", "retur
 RECORD_CACHE = 8               # parsed episode records kept in memory (a 10,000-step record is a few MB)
 
 
-class ViewerError(Exception):
+class ViewerError(UserError):
     """A request the viewer cannot serve; `status` is the HTTP code, the message says what to do."""
 
     status = 400

@@ -8,11 +8,14 @@ import json
 import pytest
 import yaml
 
+import configs
 import envs
-from envs.crafter import ACTIONS
 from agents import DAGAgent, HumanAgent, RandomAgent, WalkthroughAgent, make_agent
 from agents.baselines import RandomAgentConfig
-from agents.factory import CONFIG_DIR, load_config
+from agents.factory import load_config
+from envs.crafter import ACTIONS
+
+CONFIG_DIR = configs.directory("agents")
 
 
 def spring_dag_without_budgets() -> dict:

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import pytest
 
+import configs
 from agents.dag import DAGError, DAGInput, QuestionDAG, node_request, run_dag
-from agents.factory import CONFIG_DIR
+
+CONFIG_DIR = configs.directory("agents")
 
 SPRING = CONFIG_DIR / "spring.yaml"
 

@@ -149,7 +149,7 @@ def test_own_model_backend_takes_prompt_actions(tiny_bwarea_dir, monkeypatch):
 @pytest.mark.parametrize("variant", ["bwarea", "cola"])
 def test_own_model_backend_runs_a_converted_model(tiny_llama_dir, tmp_path, variant):
     """`bwarea convert hf` output as is: a fresh conversion speaks like its LM, with the policy's actions."""
-    from training.convert import main as convert
+    from cli.convert import main as convert
     assert convert(["hf", "--model", str(tiny_llama_dir), "--out", str(tmp_path), "--variant", variant,
                     "--num_actions", "8"]) == 0
     backend = BWAreaBackend(BWAreaBackendConfig(model=str(tmp_path)))

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import yaml
 
+import configs
 import envs
-from envs.crafter import ACTIONS
 from agents import make_agent
-from agents.factory import CONFIG_DIR
+from envs.crafter import ACTIONS
+
+CONFIG_DIR = configs.directory("agents")
 
 DOCUMENT = """## Gathering
 Face a tree and use do to collect wood. Face water and use do to drink.

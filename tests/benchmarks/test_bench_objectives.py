@@ -153,7 +153,7 @@ def write_log(run: Path, rows: list[dict]) -> None:
     path.write_text(",".join(columns) + "\n" + "".join(",".join(str(row.get(c, "")) for c in columns) + "\n" for row in rows))
 
 
-@pytest.mark.slow  # imports torch and Lightning (training.runs.read_metrics, the machine line)
+@pytest.mark.slow  # imports torch and Lightning (the machine line)
 def test_collect_reads_each_seeds_points_and_its_longest_runs_log(tmp_path):
     quickstart = fake_quickstart(tmp_path / "qs")
     settings = settings_for(quickstart, "--out", str(tmp_path / "out"), "--tasks", "textworld", "--models", "bwarea",

@@ -123,3 +123,10 @@ def test_missing_tensor_and_wrong_model_type(saved):
         BWAreaModel.from_pretrained(saved)
     with pytest.raises(CheckpointError, match="model_type"):
         ARLanguageModel.from_pretrained(saved)
+
+
+def test_too_little_text_for_a_tokenizer_is_a_user_error():
+    from common.errors import UserError
+
+    with pytest.raises(UserError, match="too small to learn any merges; give the tokenizer more text"):
+        train_tokenizer(["ab"], vocab_size=300)

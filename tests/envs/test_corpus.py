@@ -3,11 +3,11 @@ import json
 import numpy as np
 import pytest
 
+from cli import main as cli
 from envs import bbh
 from envs.corpus import read_documents, textworld_walkthrough
 from envs.corruption import CORRUPTIONS, corrupt
 from envs.textworld import TextWorldEnv, split_of
-from training import cli
 
 REFUSALS = ("You can't", "That's not a verb I recognise.", "I only understood", "You can't see any such thing")
 
@@ -122,7 +122,7 @@ def test_bad_options_fail_with_a_message(tmp_path, capsys):
 def test_shipped_configs_parse(source):
     from pathlib import Path
 
-    from training.data_cli import build_parser
+    from cli.data import build_parser
 
     config = Path(__file__).resolve().parents[2] / "configs" / "data" / f"{source}.yaml"
     args = build_parser().parse_args([source, "--config", str(config), "--out", "elsewhere"])

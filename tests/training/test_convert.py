@@ -7,8 +7,8 @@ import torch
 
 import bwarea
 from bwarea import ARLanguageModel, BWAreaModel
+from cli.convert import main
 from tests.bwarea.test_pretrained_lm import CASES, CHAT_TEMPLATE, batch, hf_logits, save_hf_model
-from training.convert import main
 from training.runs import read_training_info
 
 CORPUS = "You are in a kitchen. There is a closed door to the east. > go east\n" * 40

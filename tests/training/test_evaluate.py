@@ -15,10 +15,14 @@ import torch
 
 import bwarea
 import envs
+from cli.evaluate import main, parse_config
 from envs.crafter import crafter_score, success_rates
 from envs.textworld import TEXTWORLD_VERSION, GameCache, game_seed
-from training.evaluate import (EPISODES_FILE, EvaluationError, Unit, append_line, evaluate, expand_suite, main,
-                               parse_config, play_batch, read_episodes, repair_torn_line, summarize)
+from evaluation.config import EPISODES_FILE, EvaluationError
+from evaluation.plan import Unit, expand_suite
+from evaluation.records import append_line, play_batch, read_episodes, repair_torn_line
+from evaluation.report import summarize
+from evaluation.run import evaluate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -173,7 +177,7 @@ def test_resume_after_sigkill_gives_the_identical_report(tmp_path):
     options = ["--agent", "random", "--suite", "crafter", "--episodes", "6", "--seeds", "0", "--max_steps", "400",
                "--batch_size", "1", "--progress", "false", "--plots", "false"]
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "training.cli", "evaluate", *options, "--out", str(killed)],
+    process = subprocess.Popen([sys.executable, "-m", "cli.main", "evaluate", *options, "--out", str(killed)],
                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     log = killed / EPISODES_FILE
     deadline = time.monotonic() + 90

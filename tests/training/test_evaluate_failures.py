@@ -9,8 +9,11 @@ import socket
 import threading
 from pathlib import Path
 
+from cli.evaluate import main
+from evaluation.config import EPISODES_FILE
+from evaluation.records import read_episodes
+from evaluation.report import summarize
 from tests.agents.conftest import ChatServer
-from training.evaluate import EPISODES_FILE, main, read_episodes, summarize
 
 SECRET = "sk-live-abcdef0123456789"
 
@@ -119,7 +122,8 @@ def test_an_api_key_echoed_by_the_server_reaches_no_file(tmp_path, monkeypatch):
 def test_progress_is_reported_after_every_environment_step():
     import agents
     import envs
-    from training.evaluate import Unit, play_batch
+    from evaluation.plan import Unit
+    from evaluation.records import play_batch
 
     steps: list[list[int]] = []
     records: list[dict] = []
@@ -128,3 +132,29 @@ def test_progress_is_reported_after_every_environment_step():
                records.append, lambda traces: steps.append([t.env_index for t in traces]))
     assert steps == [[0, 1]] * 3 + [[1]] * 2          # one call per step, with the environments that acted
     assert [r["steps"] for r in records] == [3, 5] and all(not r["faulted"] for r in records)
+
+
+def test_bad_input_is_one_line_and_a_busy_or_unwritable_output_is_refused_before_any_work(tmp_path, capsys):
+    def refused(*argv: str) -> str:
+        assert main(list(argv)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("bwarea evaluate: ") and err.count("\n") == 1 and "Traceback" not in err, err
+        return err
+
+    crafter = ["--agent", "random", "--suite", "crafter", "--episodes", "1", "--max_steps", "2", "--progress", "false"]
+    assert "did you mean --suite" in refused("--suit", "crafter")
+    assert "did you mean crafter?" in refused("--suite", "craftr")
+    config = tmp_path / "broken.yaml"
+    config.write_text("suite: [crafter\n")
+    assert str(config) in refused("--config", str(config))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert "cannot write to" in refused(*crafter, "--out", str(blocker / "out"))
+
+    out = tmp_path / "busy"
+    from common.files import DirectoryLock
+
+    with DirectoryLock(out):   # another evaluation writing into the same --out
+        assert "in use by another running command" in refused(*crafter, "--out", str(out))
+    assert not out.exists()
+    assert main([*crafter, "--out", str(out)]) == 0 and len(read_episodes(out / EPISODES_FILE)) == 1

@@ -21,11 +21,12 @@ from safetensors.torch import load_file
 
 import envs
 from bwarea import CheckpointError
+from common.logs import read_metrics
 from training.experiment import PretrainBudget, build_corpus, evaluate_policy, pretrain_pair
-from training.objectives import OBJECTIVES
 from training.finetune import FinetuneCLI, FinetuneError, FinetuneModule, FinetuneStopped, run, task_seeds
+from training.objectives import OBJECTIVES
 from training.rollout import RolloutConfig
-from training.runs import read_metrics, read_training_info
+from training.runs import read_training_info
 
 REPO = Path(__file__).resolve().parents[2]
 ARCHITECTURE = {"hidden_size": 64, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 128, "world_layers": 2,
@@ -99,7 +100,7 @@ def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_run_and_a_fini
     reference = run(settings(models["ar"], tmp_path, tw_cache, "straight", **remax, updates=8))
     config = tmp_path / "killed.yaml"
     config.write_text(yaml.safe_dump(settings(models["ar"], tmp_path, tw_cache, "killed", **remax)))
-    command = [sys.executable, "-m", "training.cli", "finetune", "--config", str(config)]
+    command = [sys.executable, "-m", "cli.main", "finetune", "--config", str(config)]
     child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     first_checkpoint = tmp_path / "killed" / "checkpoints" / "step=000002.ckpt"
@@ -325,7 +326,7 @@ def test_two_process_ddp_finetune_reaches_the_single_process_weights(models, tw_
     config.write_text(yaml.safe_dump({**settings(models["bwarea"], tmp_path, tw_cache, "ddp", **options),
                                       "trainer": {"enable_progress_bar": False, "precision": "32-true", "accelerator": "cpu",
                                                   "devices": 2, "strategy": "ddp"}}))
-    result = subprocess.run([sys.executable, "-m", "training.cli", "finetune", "--config", str(config)], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "cli.main", "finetune", "--config", str(config)], cwd=REPO,
                             capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     alone = load_file(str(single / "export" / "model.safetensors"))
@@ -344,3 +345,15 @@ def test_two_process_ddp_finetune_reaches_the_single_process_weights(models, tw_
     rows = [row for row in read_metrics(tmp_path / "ddp") if "finetune/reward/sampled" in row]
     single_rows = [row for row in read_metrics(single) if "finetune/reward/sampled" in row]
     assert [r["finetune/reward/sampled"] for r in rows] == pytest.approx([r["finetune/reward/sampled"] for r in single_rows])
+
+
+def test_a_misspelt_environment_is_one_line_and_leaves_no_run_behind(models, tw_cache, tmp_path, capsys):
+    from cli.finetune import main
+
+    argv = ["--model.pretrained", str(models["bwarea"]), "--model.env", "textworld/coin-eazy", "--run.root",
+            str(tmp_path), "--run.name", "typo", "--run.wandb", "false", "--trainer.enable_progress_bar", "false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bwarea finetune: unknown environment 'textworld/coin-eazy'; did you mean "
+                          "textworld/coin-easy?") and err.count("\n") == 1, err
+    assert not (tmp_path / "typo").exists()

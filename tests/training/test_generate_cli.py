@@ -7,8 +7,9 @@ from transformers import LlamaConfig
 
 import bwarea
 from bwarea import ARConfig, ARLanguageModel, BWAreaConfig, BWAreaModel, CoLAModel, train_tokenizer
+from cli import convert
+from cli import main as cli
 from tests.bwarea.test_pretrained_lm import save_hf_model
-from training import cli, convert
 
 TEXT = ["You are in a kitchen. There is a fridge here.\n> open fridge\nThe fridge is open.\n"] * 30
 
@@ -118,8 +119,9 @@ def test_generate_rejects_bad_action_options(saved_models, capsys):
     assert "exceeds the model's 8 latent actions" in capsys.readouterr().err
     assert cli.main(["generate", "--model", model, "--prompt", "You", "--actions", "[8]"]) == 2
     assert "actions must lie in [0, 8)" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli.main(["generate", "--model", model, "--prompt_actions", "sideways"])
+    assert cli.main(["generate", "--model", model, "--prompt_actions", "sideways"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("bwarea generate: ") and "prompt_actions" in error and error.count("\n") == 1
     assert cli.main(["generate", "--model", str(saved_models / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -153,3 +155,32 @@ def test_cli_lists_commands_and_rejects_unknown_ones(capsys):
     assert "generate" in capsys.readouterr().out
     assert cli.main(["fly"]) == 2
     assert "unknown command 'fly'" in capsys.readouterr().err
+
+
+def test_the_command_line_offers_the_prompt_action_modes_generation_knows():
+    from typing import get_args
+
+    from bwarea.generation import PromptActions
+    from cli.generate import PromptActions as offered
+
+    assert get_args(offered) == get_args(PromptActions)
+
+
+def test_every_generate_error_is_one_line_without_a_traceback(saved_models, tmp_path, capsys):
+    def refused(*argv: str) -> str:
+        assert cli.main(["generate", *argv]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith("bwarea generate: ") and captured.err.count("\n") == 1, captured.err
+        assert "Traceback" not in captured.err and captured.out == ""
+        return captured.err
+
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text("{not json")
+    assert "config.json is not valid JSON" in refused("--model", str(corrupt))
+    assert "does not exist" in refused("--model", str(tmp_path / "missing"))
+    model = str(saved_models / "bwarea")
+    assert "exceeds the model's 8 latent actions" in refused("--model", model, "--sweep_actions", "100")
+    assert "actions must lie in [0, 8)" in refused("--model", model, "--actions", "70")   # a list option, one value
+    assert "exceeds max_position_embeddings" in refused("--model", model, "--prompt", "go west. " * 600)
+    assert "did you mean --max_new_tokens" in refused("--model", model, "--max_new_token", "3")

@@ -4,9 +4,10 @@ import math
 
 import pytest
 
-from envs.crafter import ACHIEVEMENTS
-from training.metrics import (Estimate, bbh_metrics, crafter_metrics, crafter_score_estimate, estimate, macro_average,
-                              textworld_metrics)
+from common.stats import Estimate, estimate, macro_average
+from envs.bbh import bbh_metrics
+from envs.crafter import ACHIEVEMENTS, crafter_metrics, crafter_score_estimate
+from envs.textworld import textworld_metrics
 
 
 def test_mean_and_standard_error():

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from cli.play import main
 from envs.textworld import GameCache, game_seed
+from evaluation.play import PlayConfig, Session
 from tests.training.test_evaluate import tiny_bwarea_dir  # noqa: F401  (session fixture: a saved tiny BWArea)
-from training.play import PlayConfig, Session, main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,7 +33,7 @@ class Terminal:
         if pid == 0:  # the child: become `bwarea play`
             try:
                 os.chdir(REPO)
-                os.execve(sys.executable, [sys.executable, "-m", "training.cli", "play", *args], environment)
+                os.execve(sys.executable, [sys.executable, "-m", "cli.main", "play", *args], environment)
             finally:
                 os._exit(127)
         self.pid, self.fd = pid, fd
@@ -155,6 +156,9 @@ def test_ctrl_c_with_agent_suggestions_exits_cleanly_with_the_episode(terminal, 
     play.expect(f"[{walkthrough[0]}]")
     play.expect(f"Suggestion (walkthrough): {walkthrough[1]}")
     play.expect("\n> ")
+    # as a person would: not within microseconds of the prompt. A SIGINT that lands after readline printed the
+    # prompt but before it waits for input is only seen at the next key (CPython's readline loop)
+    time.sleep(0.5)
     os.kill(play.pid, signal.SIGINT)                  # Ctrl-C (what the terminal driver sends for ^C)
     play.expect("Episode (interrupted) saved to")
     assert play.wait() == 130
@@ -203,3 +207,11 @@ def test_bad_options_are_refused_with_one_sentence(capsys):
     assert "--frames saves Crafter's pictures" in capsys.readouterr().err
     assert main(["--env", "crafter/easy"]) == 2
     assert "unknown environment 'crafter/easy'" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_is_refused_before_the_game_starts(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["--env", "crafter", "--out", str(blocker / "play")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bwarea play: cannot write to") and err.count("\n") == 1

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from cli.plot import main
 from envs.crafter import ACHIEVEMENTS
-from training import plots
-from training.plots import (main, plot_action_strip, plot_action_usage, plot_bbh_tasks, plot_crafter_achievements,
-                            plot_evaluation, plot_rl_comparison, plot_training_curves)
+from evaluation import plots
+from evaluation.plots import (plot_action_strip, plot_action_usage, plot_bbh_tasks, plot_crafter_achievements,
+                              plot_evaluation, plot_rl_comparison, plot_training_curves)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -147,8 +148,8 @@ def test_all_plots_of_an_evaluation_and_the_command(tmp_path):
 
 
 def test_strip_command_draws_a_generation_of_a_saved_model(tmp_path, capsys):
+    from cli import generate
     from tests.training.test_evaluate import save_tiny_bwarea
-    from training import generate
 
     model = save_tiny_bwarea(tmp_path / "model")
     assert generate.main(["--model", str(model), "--prompt", "You see", "--max_new_tokens", "12", "--json", "true"]) == 0

@@ -27,11 +27,12 @@ from safetensors.torch import load_file
 import bwarea
 from bwarea import BWAreaConfig, BWAreaModel, CheckpointError, train_tokenizer
 from bwarea.transformer import Block
+from cli import main as cli
+from common.logs import read_metrics
 from tests.training.test_data import textworld_corpus
-from training import cli
 from training.data import DataError
 from training.pretrain import PretrainCLI, PretrainError, run
-from training.runs import RunDirectoryError, TrainingDiverged, read_metrics, read_training_info
+from training.runs import RunDirectoryError, TrainingDiverged, read_training_info
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, BATCH, BLOCK = 60, 8, 64
@@ -108,7 +109,7 @@ def subprocess_env() -> dict[str, str]:
 
 
 def pretrain_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "training.cli", "pretrain", *args]
+    return [sys.executable, "-m", "cli.main", "pretrain", *args]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,7 +283,7 @@ def test_stage2_refuses_anything_but_a_stage1_export(stage1, ar, corpus, root, c
             run(["--config", write_config(root / "bad-stage2.yaml", config(corpus, root, "PolicyStage", stage1=str(target)))])
     code = cli.main(["pretrain", "--config", str(root / "bad-stage2.yaml")])
     err = capsys.readouterr().err.strip()
-    assert code == 1 and err.startswith("bwarea pretrain: ") and "\n" not in err
+    assert code == 2 and err.startswith("bwarea pretrain: ") and "\n" not in err
 
 
 def test_vocabulary_mismatches_are_refused(stage1, corpus, root):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -15,9 +16,11 @@ from lightning.pytorch import LightningModule, Trainer
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, TensorDataset
 
-from training.runs import (AtomicCheckpointIO, DivergenceGuard, ExportOnTrainEnd, RunCLI, RunDirectory,
-                           RunDirectoryError, TrainingDiverged, cli_main, read_metrics, read_training_info,
-                           replace_directory, run_cli, write_training_info)
+from common.files import replace_directory
+from common.logs import read_metrics
+from training.runs import (LIGHTNING_LOGGERS, AtomicCheckpointIO, DivergenceGuard, ExportOnTrainEnd, RunCLI,
+                           RunDirectory, RunDirectoryError, TrainingDiverged, cli_main, read_training_info, run_cli,
+                           write_training_info)
 
 
 def test_checkpoints_with_non_finite_weights_are_never_written():
@@ -155,7 +158,7 @@ def test_run_cli_trains_a_manual_optimization_module_without_a_data_module(tmp_p
     assert "perf/tokens_per_sec" not in keys  # no tokens_per_step(): no token throughput
 
     # the same command finds the same run: refused without --ckpt_path, resumed with it
-    assert cli_main(RegressionCLI, regression_args(tmp_path, "--model.lr", "0.1")) == 1
+    assert cli_main(RegressionCLI, regression_args(tmp_path, "--model.lr", "0.1")) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"bwarea regress: run directory {run_dir} already holds a run") and "\n" not in error
     resumed = run_cli(RegressionCLI, regression_args(tmp_path, "--model.lr", "0.1", "--trainer.max_steps", "14",
@@ -197,5 +200,60 @@ def test_precision_auto_is_resolved_for_the_machine_printed_and_recorded(tmp_pat
     # the run's name comes from the precision as asked for ("auto"), so the same command finds it on any machine
     amx = Hardware(cpu_name="Xeon", cpu_flags=frozenset({"amx_bf16"}), cuda_device=None, cuda_bf16=False, cores=2)
     monkeypatch.setattr(training.runs, "probe", lambda: amx)
-    assert cli_main(RegressionCLI, regression_args(tmp_path, "--trainer.max_steps", "2", "--run.threads", "1")) == 1
+    assert cli_main(RegressionCLI, regression_args(tmp_path, "--trainer.max_steps", "2", "--run.threads", "1")) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+class FailingSetupRegression(Regression):
+    """Fails while the Trainer sets it up, before its first training step."""
+
+    def setup(self, stage: str) -> None:
+        raise RunDirectoryError("the data this module needs is missing (a test failure before training).")
+
+
+class FailingSetupCLI(RegressionCLI):
+    model_class = FailingSetupRegression
+
+
+def one_line_error(capsys) -> str:
+    captured = capsys.readouterr().err.strip()
+    assert "\n" not in captured and "Traceback" not in captured, captured
+    return captured
+
+
+def test_training_command_errors_are_one_line_and_leave_nothing_behind(tmp_path, capsys):
+    assert cli_main(RegressionCLI, regression_args(tmp_path, "--run.name", "cut")) == 0
+    printed = capsys.readouterr()
+    run_dir = tmp_path / "cut"
+    assert printed.out.splitlines()[-1] == f"bwarea regress: finished; the run directory is {run_dir}"
+    with RunCLI.quiet():   # Lightning's repeats of the runtime line are dropped where they are logged, nothing else
+        lightning = logging.getLogger(LIGHTNING_LOGGERS[0])
+        kept = [lightning.filter(logging.LogRecord("x", logging.INFO, "", 0, message, None, None)) for message in
+                ("\N{ELECTRIC LIGHT BULB} Tip: try installing litlogger", "GPU available: False, used: False",
+                 "`Trainer.fit` stopped: `max_steps=12` reached.", "Restoring states from the checkpoint path")]
+    assert [bool(k) for k in kept] == [False, False, False, True]
+
+    # a truncated last.ckpt: named, and the previous checkpoint offered
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:100])
+    args = regression_args(tmp_path, "--run.name", "cut", "--trainer.max_steps", "14", "--ckpt_path", "last")
+    assert cli_main(RegressionCLI, args) == 2
+    error = one_line_error(capsys)
+    assert f"checkpoint {last} cannot be read" in error and "--ckpt_path " in error and "step=000010.ckpt" in error
+
+    # a run that fails before training removes the run directory it created
+    assert cli_main(FailingSetupCLI, regression_args(tmp_path, "--run.name", "early")) == 2
+    assert "the data this module needs is missing" in one_line_error(capsys)
+    assert not (tmp_path / "early").exists()
+
+    # an output folder that cannot be written, an unknown option, a malformed config file
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert cli_main(RegressionCLI, regression_args(blocker / "runs")) == 2
+    assert "cannot write to" in one_line_error(capsys)
+    assert cli_main(RegressionCLI, regression_args(tmp_path, "--model.learning_rate", "1")) == 2
+    assert "--model.learning_rate" in one_line_error(capsys)
+    config = tmp_path / "broken.yaml"
+    config.write_text("model: {lr: [1\n")
+    assert cli_main(RegressionCLI, ["--config", str(config)]) == 2
+    assert str(config) in one_line_error(capsys)

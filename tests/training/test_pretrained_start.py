@@ -15,9 +15,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import bwarea
 from bwarea import BWAreaModel, train_tokenizer
 from bwarea.pretrained_lm import load_causal_lm
+from cli import convert
 from tests.training.test_data import textworld_corpus
 from tests.training.test_pretrain import config
-from training import convert
 from training.finetune import FinetuneError, FinetuneModule
 from training.pretrain import PretrainError, run
 from training.rollout import RolloutConfig

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from training import cli
+from cli import main as cli
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -44,9 +44,9 @@ def test_micro_quickstart_reports_both_models_and_a_second_run_reuses_the_work(t
     assert json.loads((out / "summary.json").read_text())["results"] == summary["results"]
 
     # another RL budget, or another corpus, must not silently reuse the runs made for the old one
-    assert cli.main([*arguments, "--spring_steps", "0", "--finetune.updates", "3"]) == 1
+    assert cli.main([*arguments, "--spring_steps", "0", "--finetune.updates", "3"]) == 2
     assert "updates differ" in capsys.readouterr().err
-    assert cli.main([*arguments, "--spring_steps", "0", "--train_games", "3"]) == 1
+    assert cli.main([*arguments, "--spring_steps", "0", "--train_games", "3"]) == 2
     assert "corpus differ" in capsys.readouterr().err
     assert json.loads((out / "corpus" / "plan.json").read_text())["games"] == 3   # the corpus itself was rebuilt
     assert {path: path.stat().st_mtime_ns for path in exports} == written

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from cli.view import main as view_main
 from tests.viewer.conftest import (ACTIONS, TOP, TOP_PROBS, crafter_record, settings, textworld_record,
                                    with_made_up_achievements, write_evaluation)
 from viewer import RunStore, create_app
-from viewer.cli import main as view_main
 from viewer.store import KNOWN_FORMATS
 
 A, B = "runs/evaluate/model_a", "runs/evaluate/model_b"
@@ -31,7 +31,7 @@ def png(data: bytes) -> np.ndarray:
 
 
 def test_the_format_this_viewer_reads_is_the_one_evaluate_writes():
-    from training.evaluate import FORMAT
+    from evaluation.config import FORMAT
     assert FORMAT in KNOWN_FORMATS
 
 
@@ -251,12 +251,12 @@ def test_bwarea_view_starts_fast_without_torch_and_serves_on_localhost(runs_root
     import time
     import urllib.request
 
-    code = "import sys, viewer.cli, viewer.app; print(sorted({'torch', 'lightning', 'crafter', 'textworld'} & set(sys.modules)))"
+    code = "import sys, cli.view, viewer.app; print(sorted({'torch', 'lightning', 'crafter', 'textworld'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "training.cli", "view", str(runs_root), "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "cli.main", "view", str(runs_root), "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 20

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import sys
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ArgumentParser
 
+from cli.options import command, new_parser, parse_options
 from envs.corpus import (BBHCorpusConfig, CrafterCorpusConfig, DirtyConfig, OutputConfig, TextWorldCorpusConfig,
                          build_bbh_corpus, build_crafter_corpus, build_textworld_corpus)
 from envs.corruption import CORRUPTIONS
 
+PROG = "bwarea data"
+
 
 def _common(parser: ArgumentParser) -> None:
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
     parser.add_argument("--out", type=str, required=True, help="Output directory for shard-*.jsonl and manifest.json.")
     parser.add_argument("--workers", type=int, default=1, help="Processes generating documents in parallel.")
     parser.add_argument("--shard_mb", type=float, default=64.0, help="Start a new shard after about this many MiB.")
@@ -38,10 +40,10 @@ def _common(parser: ArgumentParser) -> None:
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="bwarea data", description=__doc__.split("\n\n")[0], default_env=False)
+    parser = new_parser(PROG, __doc__.split("\n\n")[0], config=False)
     subcommands = parser.add_subcommands(required=True, dest="source")
 
-    textworld = ArgumentParser(description="Transcripts of TextWorld train-split games: walkthroughs and "
+    textworld = new_parser(f"{PROG} textworld", "Transcripts of TextWorld train-split games: walkthroughs and "
                                            "exploratory episodes with detours and failed commands.")
     _common(textworld)
     defaults = TextWorldCorpusConfig()
@@ -62,7 +64,7 @@ def build_parser() -> ArgumentParser:
     textworld.add_argument("--seed", type=int, default=defaults.seed, help="Seed of the exploratory choices.")
     subcommands.add_subcommand("textworld", textworld, help="corpus from TextWorld games")
 
-    crafter = ArgumentParser(description="Transcripts of the scripted Crafter explorer, one episode per world seed.")
+    crafter = new_parser(f"{PROG} crafter", "Transcripts of the scripted Crafter explorer, one episode per world seed.")
     _common(crafter)
     defaults = CrafterCorpusConfig()
     crafter.add_argument("--episodes", type=int, default=defaults.episodes, help="Number of episodes (world seeds).")
@@ -75,7 +77,7 @@ def build_parser() -> ArgumentParser:
     crafter.add_argument("--seed", type=int, default=defaults.seed, help="Seed of the explorer's random choices.")
     subcommands.add_subcommand("crafter", crafter, help="corpus from Crafter")
 
-    bbh = ArgumentParser(description="BIG-Bench Hard train-split items as zero-shot question + answer documents.")
+    bbh = new_parser(f"{PROG} bbh", "BIG-Bench Hard train-split items as zero-shot question + answer documents.")
     _common(bbh)
     bbh.add_argument("--tasks", type=list[str] | None, default=None, help="Tasks to include (default: all 27).")
     bbh.add_argument("--data_dir", type=str | None, default=None,
@@ -85,33 +87,29 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_options(build_parser(), argv, configs_kind="data")
     source = args.source
     options = args[source]
     output = OutputConfig(out=options.out, shard_mb=options.shard_mb, workers=options.workers,
                           overwrite=options.overwrite, progress=options.progress)
-    try:
-        dirty = DirtyConfig(ratio=options.dirty_ratio, corruption=options.corruption, rate=options.corruption_rate,
-                            seed=options.dirty_seed)
-        if source == "textworld":
-            config = TextWorldCorpusConfig(presets=options.presets, games=options.games, first_game=options.first_game,
-                                           exploratory_per_game=options.exploratory_per_game,
-                                           detour_prob=options.detour_prob, failure_prob=options.failure_prob,
-                                           cache_dir=options.cache_dir, seed=options.seed)
-            manifest = build_textworld_corpus(config, output, dirty)
-        elif source == "crafter":
-            config = CrafterCorpusConfig(episodes=options.episodes, first_seed=options.first_seed,
-                                         max_steps=options.max_steps, epsilon=options.epsilon, extras=options.extras,
-                                         seed=options.seed)
-            manifest = build_crafter_corpus(config, output, dirty)
-        else:
-            config = BBHCorpusConfig(tasks=options.tasks, data_dir=options.data_dir, split_seed=options.split_seed)
-            manifest = build_bbh_corpus(config, output, dirty)
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
-        print(f"bwarea data {source}: {error}", file=sys.stderr)
-        return 2
+    dirty = DirtyConfig(ratio=options.dirty_ratio, corruption=options.corruption, rate=options.corruption_rate,
+                        seed=options.dirty_seed)
+    if source == "textworld":
+        config = TextWorldCorpusConfig(presets=options.presets, games=options.games, first_game=options.first_game,
+                                       exploratory_per_game=options.exploratory_per_game,
+                                       detour_prob=options.detour_prob, failure_prob=options.failure_prob,
+                                       cache_dir=options.cache_dir, seed=options.seed)
+        manifest = build_textworld_corpus(config, output, dirty)
+    elif source == "crafter":
+        config = CrafterCorpusConfig(episodes=options.episodes, first_seed=options.first_seed,
+                                     max_steps=options.max_steps, epsilon=options.epsilon, extras=options.extras,
+                                     seed=options.seed)
+        manifest = build_crafter_corpus(config, output, dirty)
+    else:
+        config = BBHCorpusConfig(tasks=options.tasks, data_dir=options.data_dir, split_seed=options.split_seed)
+        manifest = build_bbh_corpus(config, output, dirty)
     print(f"wrote {manifest['documents']} documents ({manifest['characters']:,} characters, "
           f"{manifest['dirty_documents']} dirty) in {len(manifest['shards'])} shard(s) to {options.out}")
     return 0

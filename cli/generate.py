@@ -1,8 +1,8 @@
 """`bwarea generate`: sample text from a saved BWArea, CoLA or AR model and show the latent action per token.
 
-    bwarea generate --model runs/tiny/export --prompt "You are in a kitchen." --max_new_tokens 40
-    bwarea generate --model runs/tiny/export --prompt "> " --actions 7          # one fixed action
-    bwarea generate --model runs/tiny/export --prompt "> " --sweep_actions 8    # actions 0..7 side by side
+    bwarea generate --model runs/tiny-policy/export --prompt "You are in a kitchen." --max_new_tokens 40
+    bwarea generate --model runs/tiny-policy/export --prompt "> " --actions 7          # one fixed action
+    bwarea generate --model runs/tiny-policy/export --prompt "> " --sweep_actions 8    # actions 0..7 side by side
     bwarea generate --model models/smollm2-bwarea --prompt "> " --prompt_actions policy
     bwarea generate --model models/smollm2-bwarea --prompt "> " --device cuda    # default: the GPU if there is one
 
@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Literal
 
-import torch
-from jsonargparse import ActionConfigFile, ArgumentParser
+from cli.options import command, new_parser, parse_options
+from common.errors import InvalidInput
 
-import bwarea
-from bwarea.generation import PromptActions
-from bwarea.device import inference_dtype, resolve_device
+PROG = "bwarea generate"
+# bwarea.generation.PromptActions, spelt out so that `--help` needs no torch (tests/training/test_generate_cli.py
+# checks that the two agree)
+PromptActions = Literal["inverse", "policy"]
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="bwarea generate", description=__doc__.split("\n\n")[0],
-                            default_env=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
+def build_parser():
+    parser = new_parser(PROG, __doc__.split("\n\n")[0])
     parser.add_argument("--model", type=str, required=True,
                         help="Directory written by save_pretrained or `bwarea convert` (model + tokenizer).")
     parser.add_argument("--prompt", type=str | list[str], default="",
@@ -56,24 +56,27 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        device = resolve_device(args.device)
-        model = bwarea.load_pretrained(args.model, map_location=device).eval()
-        tokenizer = bwarea.load_tokenizer(args.model)
-    except (bwarea.CheckpointError, FileNotFoundError, ValueError, RuntimeError) as error:
-        return _fail(str(error))
+    args = parse_options(build_parser(), argv)
+    import torch
+
+    import bwarea
+    from bwarea.device import inference_dtype, resolve_device
+
+    device = resolve_device(args.device)
+    model = bwarea.load_pretrained(args.model, map_location=device).eval()
+    tokenizer = bwarea.load_tokenizer(args.model)
     if not callable(getattr(model, "generate", None)):
-        return _fail(f"{args.model} holds a {type(model).__name__}, which does not generate text; "
-                     "give a BWArea, CoLA or AR baseline model.")
+        raise InvalidInput(f"{args.model} holds a {type(model).__name__}, which does not generate text; "
+                           "give a BWArea, CoLA or AR baseline model.")
     has_actions = bwarea.has_latent_actions(model)
     if not has_actions and (args.actions is not None or args.sweep_actions or args.prompt_actions != "inverse"):
-        return _fail("--actions, --sweep_actions and --prompt_actions policy need a latent-action model "
-                     "(BWArea or CoLA); this directory holds the AR baseline.")
+        raise InvalidInput("--actions, --sweep_actions and --prompt_actions policy need a latent-action model "
+                           "(BWArea or CoLA); this directory holds the AR baseline.")
     if has_actions and args.sweep_actions > model.config.num_actions:
-        return _fail(f"--sweep_actions {args.sweep_actions} exceeds the model's {model.config.num_actions} "
-                     f"latent actions; give at most {model.config.num_actions}.")
+        raise InvalidInput(f"--sweep_actions {args.sweep_actions} exceeds the model's {model.config.num_actions} "
+                           f"latent actions; give at most {model.config.num_actions}.")
 
     prompts = [args.prompt] if isinstance(args.prompt, str) else args.prompt
     forced: list[int] | None = args.actions[0] if args.actions and len(args.actions) == 1 else args.actions
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 generator=torch.Generator(device).manual_seed(args.seed),
             )
     except ValueError as error:  # e.g. a forced action outside the model's range
-        return _fail(str(error))
+        raise InvalidInput(str(error))
     for row, prompt in enumerate(prompts):
         ids = output.tokens[row][output.mask[row]].tolist()
         actions = output.actions[row][output.mask[row]].tolist()
@@ -110,11 +113,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.show_actions and has_actions and not args.sweep_actions:
             print("  " + " ".join(f"{tokenizer.decode([t])!r}:{a}" for t, a in zip(ids, actions)))
     return 0
-
-
-def _fail(message: str) -> int:
-    print(f"bwarea generate: {message}", file=sys.stderr)
-    return 2
 
 
 if __name__ == "__main__":

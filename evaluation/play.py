@@ -1,38 +1,30 @@
-"""`bwarea play`: play an environment yourself in the terminal, or watch an agent play it step by step.
+"""Playing one episode in the terminal (`bwarea play`): yourself, with an agent's suggestions, or watching an
+agent play it step by step.
 
-    bwarea play --env textworld/coin-easy --seed 3                 # type commands, or the number of one
-    bwarea play --env crafter --frames runs/play/frames            # action names; a PNG of the world per step
-    bwarea play --env bbh/navigate --bbh_data_dir ../shared/data/bbh
-    bwarea play --env crafter --agent random                       # the agent suggests; Enter accepts
-    bwarea play --env crafter --agent spring --watch true          # watch SPRING: each DAG question and answer
-    bwarea play --env textworld/coin-easy --agent own_model --watch true \\
-        --agent_overrides '{"backend": {"model": "runs/quickstart/finetune/bwarea/export"}}'   # latent action per token
-
-Episode `--seed N` is episode N as `bwarea evaluate` numbers them: TextWorld game N of `--split`, BIG-Bench
+Episode `seed` N is episode N as `bwarea evaluate` numbers them: TextWorld game N of `split`, BIG-Bench
 Hard item N, Crafter world 2,000,000 + N on the test split. While playing, a line starting with ":" is a
 command for the player, not the game: `:help`, `:actions` (list the valid actions), `:quit`. An empty
 line takes the agent's suggestion. End of input (Ctrl-D) or Ctrl-C ends the game; either way the episode
 is saved to `<out>/episode.json` in the format of `bwarea evaluate`'s episodes.jsonl lines, plus
-`player` and `ended`.
+`player` and `ended`. What is shown after each step is the family's own status line (envs.EnvFamily.status).
 """
-
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
-import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from jsonargparse import ActionConfigFile, ArgumentParser
-
 import agents
 import envs
-from bwarea.checkpoint import atomic_write, atomic_write_text
-from training.evaluate import EpisodeRecorder, EvaluationError, env_options, env_seed, family_of
+from common.files import atomic_write, atomic_write_text, check_writable
+from evaluation.config import EvaluationError
+from evaluation.plan import env_options, env_seed
+from evaluation.records import EpisodeRecorder
 
 HELP = """Type an action and press Enter (a number picks from the listed actions).
   :actions  list the valid actions      :help  this help      :quit  stop (Ctrl-D and Ctrl-C too)
@@ -42,7 +34,27 @@ EXIT_INTERRUPTED = 130
 
 @dataclass
 class PlayConfig:
-    """What `bwarea play` needs; see build_parser for each option."""
+    """Play an environment in the terminal, with an agent's suggestions, or watch an agent play.
+
+    Args:
+        env: Environment: textworld/<preset>, crafter or bbh/<task> (see envs.names()).
+        seed: Episode index: TextWorld game / BBH item / Crafter world N of the split.
+        split: TextWorld and Crafter: train / validation / test; BIG-Bench Hard: train / test / all.
+        agent: Agent config (name in configs/agents or YAML path): its suggestion is shown each turn, or with
+            --watch it plays.
+        agent_overrides: Deep-merged into the agent config.
+        watch: Watch the agent play: each DAG node's question and answer, or the latent action per token.
+        pause: With --watch, wait for Enter before each step (false: run through).
+        frames: Environments with pictures (Crafter): save the picture of the world after every step as
+            <dir>/step-NNNNN.png.
+        frame_size: Picture size in pixels.
+        out: Directory for episode.json (default runs/play/<env>-<seed>-<time>).
+        max_steps: Step limit (default: the environment's own: TextWorld per preset, Crafter 10000).
+        show_actions: List the valid actions whenever they change.
+        textworld_cache_dir: TextWorld game cache directory.
+        bbh_data_dir: BIG-Bench Hard copy (tasks/, cot-prompts/); default $BWAREA_BBH_DIR.
+        bbh_shots: BIG-Bench Hard prompt: 0 or 3 shots.
+    """
 
     env: str
     seed: int = 0
@@ -62,12 +74,13 @@ class PlayConfig:
 
     def __post_init__(self) -> None:
         if self.env not in envs.names():
-            raise EvaluationError(f"unknown environment {self.env!r}; valid names are {', '.join(envs.PATTERNS)} "
+            raise EvaluationError(f"unknown environment {self.env!r}; valid names are {', '.join(envs.patterns())} "
                                   "(e.g. textworld/coin-easy, crafter, bbh/navigate).")
         if self.watch and self.agent is None:
             raise EvaluationError("--watch shows an agent playing; name one with --agent (e.g. --agent random).")
-        if self.frames is not None and family_of(self.env) != "crafter":
-            raise EvaluationError(f"--frames saves Crafter's pictures; {self.env} is text only.")
+        if self.frames is not None and not envs.family(self.env).renders_frames:
+            raise EvaluationError(f"--frames saves Crafter's pictures (of environments that render frames); {self.env} "
+                                  "is text only.")
         if self.seed < 0:
             raise EvaluationError(f"--seed is an episode index (0 or more), got {self.seed}.")
 
@@ -79,8 +92,13 @@ class Session:
         self.config = config
         self.input = input_stream if input_stream is not None else sys.stdin
         self.output = output if output is not None else sys.stdout
-        options = env_options(config.env, config.split, config.max_steps, config.textworld_cache_dir,
-                              config.bbh_data_dir, config.bbh_shots)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.out = Path(config.out) if config.out else Path("runs") / "play" / f"{config.env.replace('/', '_')}-{config.seed}-{stamp}"
+        for directory in (self.out, config.frames):   # a finished game must not be lost to an unwritable folder
+            if directory is not None:
+                check_writable(directory)
+        self.family = envs.family(config.env)
+        options = env_options(config.env, dataclasses.asdict(config))
         if config.frames is not None:
             options.update(render_mode="rgb_array", size=(config.frame_size, config.frame_size))
         self.env = envs.make(config.env, **options)
@@ -88,8 +106,6 @@ class Session:
         if self.agent is not None and self.agent.name == "human":
             raise EvaluationError("--agent human is you; leave --agent out to play yourself.")
         self.reset_seed = env_seed(config.env, config.split, config.seed)
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.out = Path(config.out) if config.out else Path("runs") / "play" / f"{config.env.replace('/', '_')}-{config.seed}-{stamp}"
         self.recorder: EpisodeRecorder | None = None
         self.shown_actions: list[str] | None = None
 
@@ -149,7 +165,7 @@ class Session:
         self.recorder = EpisodeRecorder(config.env, 0, 0, config.seed, self.reset_seed, observation, info)
         player = f"agent {config.agent}" if config.watch else "you"
         self.say(f"== {config.env}, episode {config.seed} ({config.split} split), played by {player} ==")
-        if info.get("task") and family_of(config.env) != "bbh":
+        if info.get("task") and not self.family.answers_questions:
             self.say(f"Objective: {info['task']}")
         if not config.watch:
             self.say(HELP)
@@ -189,7 +205,7 @@ class Session:
             self.say(self.status(action, reward, info))
             if terminated or truncated:
                 self.say()
-                self.say(observation if family_of(config.env) != "bbh" else "")
+                self.say("" if self.family.answers_questions else observation)
                 return self.outcome(info, truncated)
 
     def read_action(self, info: Mapping[str, Any], suggestion: str | None) -> str | None:
@@ -215,27 +231,13 @@ class Session:
             if typed.isdigit() and admissible:
                 if 1 <= int(typed) <= len(admissible):
                     return admissible[int(typed) - 1]
-                if family_of(self.config.env) != "bbh":   # BBH answers may be numbers themselves
+                if not self.family.answers_questions:   # answers may be numbers themselves
                     self.say(f"There are {len(admissible)} actions; type 1..{len(admissible)} or an action.")
                     continue
             return typed
 
     def status(self, action: str, reward: float, info: Mapping[str, Any]) -> str:
-        family = family_of(self.config.env)
-        if family == "bbh":
-            verdict = "correct" if info.get("won") else f"wrong; the answer is {info.get('target')}"
-            return f"Answer: {info.get('extracted_answer') or action!r} -> {verdict}."
-        parts = [f"[{info.get('action') or action}] reward {reward:+.2f}"]   # Crafter: the action name it understood
-        if family == "textworld":
-            parts.append(f"score {info.get('score')}/{info.get('max_score')}")
-        else:
-            if info.get("new_achievements"):
-                parts.append("new achievement: " + ", ".join(info["new_achievements"]))
-            parts.append(f"achievements {len(info.get('achievements', []))}/22")
-        parts.append(f"step {info.get('steps')}/{info.get('max_steps')}")
-        if info.get("invalid_action"):
-            parts.append("(not a valid action)")
-        return " · ".join(parts)
+        return self.family.status(action, reward, info)
 
     def outcome(self, info: Mapping[str, Any], truncated: bool) -> str:
         if info.get("won"):
@@ -284,64 +286,3 @@ def prompt_tail(request: Mapping[str, Any]) -> str:
         return messages[-1]["content"].strip()[-160:]
     prompt = str(request.get("prompt") or "")
     return f"(raw prompt ending {prompt[-60:]!r})" if prompt else ""
-
-
-def build_parser() -> ArgumentParser:
-    defaults = PlayConfig(env="crafter")
-    parser = ArgumentParser(prog="bwarea play", description=__doc__.split("\n\n")[0], default_env=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
-    parser.add_argument("--env", type=str, required=True,
-                        help="Environment: textworld/<preset>, crafter or bbh/<task> (see envs.names()).")
-    parser.add_argument("--seed", type=int, default=defaults.seed,
-                        help="Episode index: TextWorld game / BBH item / Crafter world N of the split.")
-    parser.add_argument("--split", type=str, default=defaults.split,
-                        help="TextWorld and Crafter: train / validation / test; BIG-Bench Hard: train / test / all.")
-    parser.add_argument("--agent", type=str | dict | None, default=None,
-                        help="Agent config (name in configs/agents or YAML path): its suggestion is shown each turn, "
-                             "or with --watch it plays.")
-    parser.add_argument("--agent_overrides", type=dict, default={}, help="Deep-merged into the agent config.")
-    parser.add_argument("--watch", type=bool, default=defaults.watch,
-                        help="Watch the agent play: each DAG node's question and answer, or the latent action per token.")
-    parser.add_argument("--pause", type=bool, default=defaults.pause,
-                        help="With --watch, wait for Enter before each step (false: run through).")
-    parser.add_argument("--frames", type=str | None, default=None,
-                        help="Crafter: save the picture of the world after every step as <dir>/step-NNNNN.png.")
-    parser.add_argument("--frame_size", type=int, default=defaults.frame_size, help="Crafter picture size in pixels.")
-    parser.add_argument("--out", type=str | None, default=None,
-                        help="Directory for episode.json (default runs/play/<env>-<seed>-<time>).")
-    parser.add_argument("--max_steps", type=int | None, default=None,
-                        help="Step limit (default: the environment's own: TextWorld per preset, Crafter 10000).")
-    parser.add_argument("--show_actions", type=bool, default=defaults.show_actions,
-                        help="List the valid actions whenever they change.")
-    parser.add_argument("--textworld_cache_dir", type=str | None, default=None, help="TextWorld game cache directory.")
-    parser.add_argument("--bbh_data_dir", type=str | None, default=None,
-                        help="BIG-Bench Hard copy (tasks/, cot-prompts/); default $BWAREA_BBH_DIR.")
-    parser.add_argument("--bbh_shots", type=int, default=defaults.bbh_shots, help="BIG-Bench Hard prompt: 0 or 3 shots.")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    options = {name: args[name] for name in PlayConfig.__dataclass_fields__}
-    options["agent_overrides"] = dict(args.agent_overrides or {})
-    if isinstance(options["agent"], Mapping):
-        options["agent"] = dict(options["agent"])
-    # a process started in the background of a non-interactive shell inherits SIGINT ignored; an interactive
-    # game must still end cleanly (episode saved) on Ctrl-C
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        import readline  # noqa: F401  (line editing and history for input() on a terminal)
-    except ImportError:
-        pass
-    try:
-        session = Session(PlayConfig(**options))
-    except (ValueError, FileNotFoundError) as error:
-        print(f"bwarea play: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    return session.run()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

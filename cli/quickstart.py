@@ -34,16 +34,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser
 
-from bwarea import CheckpointError, load_tokenizer
-from bwarea.checkpoint import atomic_write_text
+from bwarea import load_tokenizer
+from cli.options import command, new_parser, parse_options
+from common.files import atomic_write_text
+from common.jsonable import jsonable
+from common.stats import Estimate
 from training.experiment import (FinetuneBudget, PolicyEvaluation, PretrainBudget, build_corpus, ensure_games,
-                                 evaluate_policy, finetune, jsonable, model_costs, pretrain_pair, random_agent_evaluation)
+                                 evaluate_policy, finetune, model_costs, pretrain_pair, random_agent_evaluation)
 from training.hardware import configure_threads, probe
-from training.metrics import Estimate
 from training.rollout import Episode, RolloutConfig
-from training.runs import UserError, read_training_info
+from training.runs import read_training_info
+
+PROG = "bwarea quickstart"
 
 MODELS = {"bwarea": "BWArea", "ar": "AR baseline"}
 
@@ -158,7 +161,7 @@ def _versus(model: Estimate, baseline: Estimate) -> str:
 
 
 def _plots(out: Path, results: dict[str, dict[str, PolicyEvaluation]], episodes: list[Episode], tokenizer: Any) -> list[Path]:
-    from training.plots import plot_action_strip, plot_action_usage, plot_rl_comparison, plot_training_curves
+    from evaluation.plots import plot_action_strip, plot_action_usage, plot_rl_comparison, plot_training_curves
 
     plots = out / "plots"
     runs = {"BWArea stage 1": out / "pretrain" / "world", "BWArea stage 2": out / "pretrain" / "policy",
@@ -290,21 +293,21 @@ def _validation(key: str, exports: dict[str, Path]) -> dict[str, float]:
     return result
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="bwarea quickstart", description=__doc__.split("\n\n")[0], default_env=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
+def build_parser():
+    parser = new_parser(PROG, __doc__.split("\n\n")[0])
     parser.add_class_arguments(QuickstartConfig, None, fail_untyped=True)
     return parser
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    arguments = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    arguments = parse_options(parser, argv, configs_kind="quickstart")
     arguments.pop("config", None)
     config = parser.instantiate(arguments)
-    try:
-        run_quickstart(QuickstartConfig(**{k: v for k, v in vars(config).items() if not k.startswith("_")}))
-    except (UserError, CheckpointError, ValueError) as error:
-        print(f"bwarea quickstart: {error}", file=sys.stderr)
-        return 1
+    run_quickstart(QuickstartConfig(**{k: v for k, v in vars(config).items() if not k.startswith("_")}))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""`bwarea finetune`: fine-tune the cognitive policy (or the AR baseline) against game rewards, through LightningCLI (FinetuneCLI in training/finetune.py declares every option; run
+`bwarea finetune --help`). Usage and configs: the docstring of training/finetune.py and configs/finetune/.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from cli.options import with_bundled_configs
+    from training.finetune import FinetuneCLI
+    from training.runs import cli_main
+
+    return cli_main(FinetuneCLI, with_bundled_configs(argv, "finetune"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
