@@ -77,6 +77,7 @@ import agents
 import envs
 from agents.factory import AGENTS
 from common.files import DirectoryLock, atomic_write_text, check_writable
+from common.progress import progress
 from evaluation.config import (EPISODES_FILE, INVOCATIONS_FILE, PLOTS_DIR, REPORT_FILE, SETTINGS_FILE, SUMMARY_FILE,
                                EvaluationConfig, EvaluationError)
 from evaluation.plan import Unit, env_options, expand_suite, plan_units, unit_seed
@@ -274,8 +275,8 @@ class EvaluationRun:
     def _play(self) -> None:
         planned = sum(len(unit.episodes) for unit in self.units)
         started = time.perf_counter()
-        self.progress = tqdm(total=planned, initial=sum(self.settled(key) for unit in self.units for key in unit.keys()),
-                             desc="evaluate", unit="episode", disable=not self.config.progress)
+        self.progress = progress(planned, "evaluate", "episode", enabled=self.config.progress,
+                                 initial=sum(self.settled(key) for unit in self.units for key in unit.keys()))
         try:
             for unit in self.pending:
                 play_batch(self.factory.make(unit), self.environments(unit.env, len(unit.episodes)), unit,

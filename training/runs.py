@@ -54,7 +54,7 @@ from typing import Any, ClassVar, Iterator, Literal
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only, rank_zero_warn
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -62,6 +62,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from bwarea.checkpoint import TRAINING_INFO_FILE, CheckpointError, read_training_info, write_training_info  # noqa: F401
 from common.errors import OptionError, UserError, option_error_message, report_errors
 from common.files import atomic_write, atomic_write_text, check_writable, replace_directory
+from common.progress import every_s, progress_line
 from training.hardware import AUTO, configure_threads, probe, resolve_precision, runtime_line, uses_gpu
 
 
@@ -214,6 +215,71 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise CheckpointError(f"checkpoint {path} cannot be read ({reason}): it is truncated or damaged; "
                                   f"{offer}.") from None
+
+
+class ProgressReport(Callback):
+    """What a run shows besides Lightning's bar: each validation's metrics as one line when they are computed, and,
+    when the output is not a terminal (`lines`: Lightning's bar is then off), one progress line every
+    BWAREA_PROGRESS_EVERY seconds (common/progress.py): step/total, steps/s, ETA and the bar's metrics."""
+
+    def __init__(self, prog: str, lines: bool) -> None:
+        self.prog, self.lines = prog, lines
+        self.every = every_s()
+        self.started = self.last = 0.0
+        self.first_step = 0
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.started = self.last = time.monotonic()
+        self.first_step = trainer.global_step
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        now = time.monotonic()
+        if not self.lines or now - self.last < self.every:
+            return
+        self.last = now
+        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        rate = (trainer.global_step - self.first_step) / max(now - self.started, 1e-9)
+        shown = ", ".join(f"{key} {_number(value)}" for key, value in list(trainer.progress_bar_metrics.items())[:4])
+        print(progress_line(self.prog, trainer.global_step, total, "step", rate, shown), flush=True)
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {key: value for key, value in trainer.callback_metrics.items() if key.startswith("val")}
+        if metrics:
+            print(f"{self.prog}: validation at step {trainer.global_step}: "
+                  + ", ".join(f"{key} {_number(value)}" for key, value in sorted(metrics.items())), flush=True)
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's terminal bar counted in optimizer steps (updates, for fine-tuning) of the whole run, named after
+    the command: "bwarea finetune: 60/100" — not per epoch ("Epoch 0/-2", "6/--" for runs bounded by max_steps, or
+    "60/39" after a resume)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__()
+        self.prog = prog
+
+    def on_train_epoch_start(self, trainer: Trainer, *_: Any) -> None:
+        if self._leave:
+            self.train_progress_bar = self.init_train_tqdm()
+        bar = self.train_progress_bar
+        bar.reset()
+        bar.total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        bar.initial, bar.n = 0, trainer.global_step
+        bar.set_description(self.prog)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *_: Any) -> None:
+        bar = self.train_progress_bar
+        if bar is not None and not bar.disable:
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+
+def _number(value: Any) -> str:
+    return f"{float(value):.4g}"
 
 
 def peak_memory_mb() -> float:
@@ -484,7 +550,7 @@ class RunCLI(LightningCLI):
                 model_class=self.model_class, subclass_mode_model=self.subclass_mode_model,
                 datamodule_class=self.datamodule_class, subclass_mode_data=self.subclass_mode_data,
                 save_config_callback=None, trainer_class=AutoPrecisionTrainer,
-                trainer_defaults={"precision": AUTO, **self.trainer_defaults},
+                trainer_defaults={"precision": AUTO, "enable_model_summary": False, **self.trainer_defaults},
                 seed_everything_default=self.seed_everything_default,
                 parser_kwargs={"prog": self.prog, "description": self.description, "default_env": False,
                                "exit_on_error": exit_on_error},
@@ -565,6 +631,7 @@ class RunCLI(LightningCLI):
             ThroughputMonitor(settings.peak_flops_per_device),
             DivergenceGuard(),
             LearningRateMonitor(logging_interval="step"),
+            ProgressReport(self.prog, lines=not sys.stdout.isatty()),
         ]
         if can_export(self.model):
             callbacks.append(ExportOnTrainEnd(run.export))
@@ -584,6 +651,10 @@ class RunCLI(LightningCLI):
         trainer_config = self._get(self.config_init, "trainer", default={})
         callbacks = [*_as_list(trainer_config.get("callbacks")), *self.run_callbacks(settings, run)]
         plugins = [*_as_list(trainer_config.get("plugins")), AtomicCheckpointIO()]
+        if not sys.stdout.isatty():   # a redrawn bar is noise in a file: ProgressReport prints lines instead
+            kwargs["enable_progress_bar"] = False
+        elif trainer_config.get("enable_progress_bar") is not False:
+            callbacks.append(StepProgressBar(self.prog))
         trainer = super().instantiate_trainer(callbacks=callbacks, plugins=plugins, logger=build_loggers(run, settings, name),
                                               default_root_dir=str(run.path), **kwargs)
         for logger in trainer.loggers:

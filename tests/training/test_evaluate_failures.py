@@ -158,3 +158,14 @@ def test_bad_input_is_one_line_and_a_busy_or_unwritable_output_is_refused_before
         assert "in use by another running command" in refused(*crafter, "--out", str(out))
     assert not out.exists()
     assert main([*crafter, "--out", str(out)]) == 0 and len(read_episodes(out / EPISODES_FILE)) == 1
+
+
+def test_an_evaluation_writing_to_a_file_prints_progress_lines_with_the_step_counters(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BWAREA_PROGRESS_EVERY", "0.000001")
+    assert main(["--agent", "random", "--suite", "crafter", "--episodes", "2", "--max_steps", "3", "--batch_size", "2",
+                 "--out", str(tmp_path / "out"), "--plots", "false"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    progress = [line for line in lines if line.startswith("evaluate: ")]
+    assert progress[0].startswith("evaluate: 0/2 episodes (0%)") and "step 2, parsed 0, fallbacks 0" in progress[0]
+    assert progress[-1].startswith("evaluate: 2/2 episodes after ") and "step 6" in progress[-1]
+    assert not any("\r" in line for line in lines)

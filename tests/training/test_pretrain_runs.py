@@ -257,3 +257,38 @@ def test_training_command_errors_are_one_line_and_leave_nothing_behind(tmp_path,
     config.write_text("model: {lr: [1\n")
     assert cli_main(RegressionCLI, ["--config", str(config)]) == 2
     assert str(config) in one_line_error(capsys)
+
+
+def test_a_run_writing_to_a_file_prints_progress_lines_instead_of_a_bar(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BWAREA_PROGRESS_EVERY", "0.000001")   # a line after every step
+    assert cli_main(RegressionCLI, regression_args(tmp_path, "--run.name", "lines")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    steps = [line for line in lines if line.startswith("bwarea regress: ") and " steps (" in line]
+    assert len(steps) >= 10 and steps[-1].startswith("bwarea regress: 12/12 steps (100%), ") and "steps/s" in steps[-1]
+    assert "ETA" in steps[0] and not any("\r" in line or "Epoch" in line for line in lines)
+
+
+def test_validation_metrics_are_printed_when_computed(capsys):
+    from types import SimpleNamespace
+
+    from training.runs import ProgressReport
+
+    trainer = SimpleNamespace(sanity_checking=False, global_step=40,
+                              callback_metrics={"val/loss": torch.tensor(1.23456), "train/loss": torch.tensor(2.0)})
+    ProgressReport("bwarea pretrain", lines=False).on_validation_end(trainer, None)
+    assert capsys.readouterr().out == "bwarea pretrain: validation at step 40: val/loss 1.235\n"
+
+
+def test_the_terminal_bar_counts_the_run_in_steps_after_a_resume():
+    from types import SimpleNamespace
+
+    from training.runs import StepProgressBar
+
+    bar = StepProgressBar("bwarea finetune")
+    bar._train_progress_bar = bar.init_train_tqdm()
+    bar.on_train_epoch_start(SimpleNamespace(max_steps=100, global_step=60))   # resumed at update 60 of 100
+    shown = bar.train_progress_bar
+    assert (shown.total, shown.n, shown.desc) == (100, 60, "bwarea finetune: ")
+    bar.on_train_epoch_start(SimpleNamespace(max_steps=-1, global_step=3))     # unbounded: no "3/--"-like total
+    assert shown.total is None and shown.n == 3
+    shown.close()
