@@ -76,12 +76,17 @@ def list_options(parser: ArgumentParser) -> dict[str, Any]:
 
 
 def gather_lists(argv: Sequence[str], lists: dict[str, Any]) -> list[str]:
-    """`--suite a b` -> `--suite ["a", "b"]` for the list options in `lists`; a value that is already a list
-    (`--suite '[a, b]'`) or written as `--suite=a` is left alone."""
+    """`--suite a b` -> `--suite ["a", "b"]` (and `--suite=a` -> `--suite ["a"]`) for the list options in `lists`;
+    a value that is already a list (`--suite '[a, b]'`) is left alone."""
     out: list[str] = []
     i = 0
     while i < len(argv):
         token = argv[i]
+        option, equals, value = token.partition("=")
+        if equals and option in lists and not value.lstrip().startswith("["):   # --suite=a: a list of one
+            out += [option, "[" + (json.dumps(value) if lists[option] is str else value) + "]"]
+            i += 1
+            continue
         out.append(token)
         i += 1
         if token not in lists:
