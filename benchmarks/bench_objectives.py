@@ -225,7 +225,7 @@ def read_record(path: Path, plan: Any = None) -> dict[str, Any] | None:
 def evaluate_into(path: Path, export: Path, task: Task, plan: dict[str, Any], extra: dict[str, Any]) -> None:
     """Held-out greedy evaluation of `export` on `task`, recorded at `path`."""
     from training.experiment import evaluate_policy
-    from training.rollout import RolloutConfig
+    from training.settings import RolloutConfig
 
     evaluation, _ = evaluate_policy(export, task.env, range(task.test_episodes), task.test_options(),
                                     RolloutConfig(**task.rollout))
@@ -268,7 +268,7 @@ def reference_job(settings: Settings, task: Task) -> None:
 def run_job(settings: Settings, task: Task, model: str, objective: str, seed: int) -> None:
     """The fine-tunes of one curve, longest first (its memory log is this fresh process's), each evaluated once."""
     from training.experiment import FinetuneBudget, finetune
-    from training.rollout import RolloutConfig
+    from training.settings import RolloutConfig
     from training.runs import RunDirectory
 
     setting = OBJECTIVES[objective]

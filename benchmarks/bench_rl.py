@@ -75,7 +75,7 @@ def measure(objective: str, export: str, cache_dir: str, batch: int, updates: in
     import lightning as L
 
     from training.finetune import FinetuneModule
-    from training.rollout import RolloutConfig
+    from training.settings import RolloutConfig
 
     runtime = memory_mb("VmRSS")
     module = FinetuneModule(export, env="textworld/coin-easy", env_options={"cache_dir": cache_dir}, task_pool=batch,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,80 +31,12 @@ from common.files import atomic_write_text
 from common.jsonable import jsonable
 from common.stats import Estimate, estimate
 from training.hardware import usable_cores
-from training.rollout import Episode, RolloutConfig, RolloutEngine
+from training.rollout import Episode, RolloutEngine
 from training.runs import RunDirectory
+from training.settings import FinetuneBudget, PretrainBudget, RolloutConfig
 
 PLAN_FILE = "plan.json"
 PRETRAINED_START_FIELDS = ("val_blocks", "init_from", "variant", "tuning", "policy_tuning", "ar_tuning", "lora")
-
-
-@dataclass
-class PretrainBudget:
-    """Pretraining settings shared by BWArea and the AR baseline.
-
-    architecture: overrides of the preset's shapes (e.g. {"hidden_size": 64}); the AR baseline matches the
-        world model's shape. With init_from: the action options instead (num_actions, code_dim, ...), plus
-        max_position_embeddings, which also caps the AR baseline's context.
-    steps: optimizer steps of stage 1 and of the AR baseline (same token budget);
-        policy_steps: stage-2 steps (behaviour cloning on the same blocks).
-    init_from: a pretrained Hugging Face causal LM (directory or .gguf): BWArea (`variant` bwarea or cola) is
-        built from it and the AR baseline is that LM, fine-tuned on the same blocks; both read with its tokenizer.
-    tuning / policy_tuning / ar_tuning: what trains in stage 1, stage 2 and the AR baseline (full, actions,
-        head, lora: training.pretrain), with `lora` the LoRA settings ({rank, alpha, dropout, targets}).
-    loss / gem_beta: the supervised loss of stage 2 (behaviour cloning) and of the AR baseline: "cross_entropy" or
-        "gem" with temperature gem_beta (training.gem); stage 1 always trains with its own losses.
-    """
-
-    preset: str = "tiny"
-    architecture: dict[str, Any] | None = None
-    vocab_size: int = 2048
-    block_size: int = 128
-    batch_size: int = 16
-    steps: int = 400
-    policy_steps: int = 200
-    learning_rate: float = 2e-3
-    warmup_steps: int = 20
-    precision: str = "auto"
-    val_fraction: float = 0.1
-    val_check_interval: int = 100
-    val_blocks: int = 32
-    init_from: str | None = None
-    variant: str = "bwarea"
-    tuning: str = "full"
-    policy_tuning: str = "full"
-    ar_tuning: str = "full"
-    lora: dict[str, Any] | None = None
-    cache_dir: str | None = None
-    progress: bool = True
-    seed: int = 0
-    loss: str = "cross_entropy"
-    gem_beta: float = 0.7
-
-    @property
-    def tokens(self) -> int:
-        return self.steps * self.batch_size * self.block_size
-
-
-@dataclass
-class FinetuneBudget:
-    """RL settings shared by BWArea (policy only) and the AR baseline (all weights); accelerator and precision are
-    Lightning's (auto: the GPU if there is one; bf16-mixed where bf16 is native, else 32-true)."""
-
-    env: str = "textworld/coin-easy"
-    env_options: dict[str, Any] = field(default_factory=dict)
-    task_pool: int = 32
-    episodes_per_update: int = 16
-    updates: int = 12
-    objective: str = "remax"
-    objective_options: dict[str, Any] = field(default_factory=dict)
-    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(max_turns=8, max_new_tokens=12))
-    learning_rate: float = 3e-5
-    tuning: str = "full"
-    lora: dict[str, Any] | None = None
-    accelerator: str = "auto"
-    precision: str = "auto"
-    progress: bool = True
-    seed: int = 0
 
 
 def ensure_games(preset: str, split: str, games: int, cache_dir: str | None = None, progress: bool = True) -> int:

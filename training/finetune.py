@@ -39,8 +39,9 @@ from common.errors import UserError
 from training.adam_mini import AdamMini, adam_mini_param_groups
 from training.objectives import OBJECTIVES, Needs, RolloutBatch, get_objective
 from training.reward_model import RewardScorer
-from training.rollout import Episode, ReferencePolicy, RolloutConfig, RolloutEngine, build_rollout_batch
+from training.rollout import Episode, ReferencePolicy, RolloutEngine, build_rollout_batch
 from training.runs import RunCLI, peak_memory_mb, read_training_info, run_cli
+from training.settings import RolloutConfig
 
 TRAINABLE_PARTS = ("policy", "world", "inverse", "codebook")
 # model_type -> the token trunk PPO's value model copies (CoLA's policy reads the frozen LM's states)

@@ -26,51 +26,7 @@ import torch
 from common.errors import describe_error
 from envs import Transcript
 from training.objectives import RolloutBatch
-
-PROMPT_FORMATS = ("transcript", "observation")
-
-
-@dataclass
-class RolloutConfig:
-    """How episodes are played.
-
-    Args:
-        max_turns: Horizon (environment steps) per episode; the environment's own limit may end it earlier.
-        max_new_tokens: Tokens generated per turn (a command ends at the first newline).
-        context_tokens: Prompt budget in tokens; default = model context - max_new_tokens.
-        history_turns: Transcript turns kept in the prompt (fewer when the budget is exceeded).
-        temperature: Sampling temperature of the policy's choice. Every log-probability the engine records or
-            recomputes (sampling, reference, training) is taken at this temperature, i.e. of softmax(logits / T), the
-            policy actually sampled, so objectives stay on-policy at any T > 0 (0 = greedy, for evaluation only).
-        token_temperature: BWArea's world-model token temperature given the action (0 = greedy, so that
-            transitions stay deterministic given the actions).
-        prompt_format: "transcript" (task + recent turns, for multi-turn games) or "observation" (the
-            observation is the whole prompt, for single-step tasks such as BIG-Bench Hard).
-        group_size: Fine-tuning only: sampled episodes per task and seed in a rollout batch (group baselines such as
-            RLOO and GRPO compare them); model.episodes_per_update counts sampled episodes and must be a multiple.
-        compile: decode with static KV caches under torch.compile (`generate(compile=...)`): False, True
-            ("reduce-overhead", i.e. CUDA graphs, on a GPU; "default" on a CPU) or a torch.compile mode. Each new
-            batch size or prompt length bucket compiles once (tens of seconds on a CPU), so it pays off over a
-            long fine-tuning run, not a short one.
-    """
-
-    max_turns: int = 20
-    max_new_tokens: int = 24
-    context_tokens: int | None = None
-    history_turns: int = 4
-    temperature: float = 1.0
-    token_temperature: float = 0.0
-    prompt_format: str = "transcript"
-    group_size: int = 1
-    compile: bool | str = False
-
-    def __post_init__(self) -> None:
-        if self.prompt_format not in PROMPT_FORMATS:
-            raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}.")
-        if self.max_turns < 1 or self.max_new_tokens < 1 or self.group_size < 1:
-            raise ValueError("max_turns, max_new_tokens and group_size must be at least 1.")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
+from training.settings import RolloutConfig
 
 
 @dataclass
