@@ -52,6 +52,20 @@ _PREPOSITIONS = re.compile(r"\b(?:from|on|in|into|with|to)\b")
 
 @dataclass
 class TextWorldCorpusConfig:
+    """Transcripts of TextWorld train-split games: walkthroughs and exploratory episodes with detours and failed
+    commands.
+
+    Args:
+        presets: TextWorld presets (see envs.textworld.PRESETS).
+        games: Number of games in all, taken from the presets in turn.
+        first_game: Index (in the train split) of each preset's first game.
+        exploratory_per_game: Exploratory episodes per game, besides the walkthrough episode.
+        detour_prob: Per step of an exploratory episode, probability of a harmless admissible detour.
+        failure_prob: Per step of an exploratory episode, probability of a command the game refuses.
+        cache_dir: Game cache directory (default: $BWAREA_CACHE_DIR/textworld or ~/.cache/bwarea/textworld).
+        seed: Seed of the exploratory choices.
+    """
+
     presets: list[str] = field(default_factory=lambda: ["coin-easy", "treasure-easy", "cooking-easy", "custom-easy"])
     games: int = 100
     first_game: int = 0
@@ -64,6 +78,17 @@ class TextWorldCorpusConfig:
 
 @dataclass
 class CrafterCorpusConfig:
+    """Transcripts of the scripted Crafter explorer, one episode per world seed.
+
+    Args:
+        episodes: Number of episodes (world seeds).
+        first_seed: World seed of the first episode.
+        max_steps: Step limit of an episode.
+        epsilon: Probability that the explorer takes a random action instead of its scripted one.
+        extras: Include night, stations in reach and achievements in the observations.
+        seed: Seed of the explorer's random choices.
+    """
+
     episodes: int = 100
     first_seed: int = 0
     max_steps: int = 300
@@ -74,8 +99,16 @@ class CrafterCorpusConfig:
 
 @dataclass
 class BBHCorpusConfig:
-    tasks: list[str] | None = None   # None: all 27
-    data_dir: str | None = None      # None: $BWAREA_BBH_DIR
+    """BIG-Bench Hard train-split items as zero-shot question + answer documents.
+
+    Args:
+        tasks: Tasks to include (default: all 27).
+        data_dir: BIG-Bench Hard directory (tasks/, cot-prompts/); default: $BWAREA_BBH_DIR.
+        split_seed: Seed of the train/test split (must match evaluation's).
+    """
+
+    tasks: list[str] | None = None
+    data_dir: str | None = None
     split_seed: int = 0
 
 
@@ -98,6 +131,16 @@ class DirtyConfig:
 
 @dataclass
 class OutputConfig:
+    """Where and how a corpus is written.
+
+    Args:
+        out: Output directory for shard-*.jsonl and manifest.json.
+        shard_mb: Start a new shard after about this many MiB.
+        workers: Processes generating documents in parallel.
+        overwrite: Replace the shards and manifest of an existing corpus in --out.
+        progress: Show a progress bar.
+    """
+
     out: str
     shard_mb: float = 64.0
     workers: int = 1

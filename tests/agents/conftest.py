@@ -159,10 +159,14 @@ class ChatServer:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
-                    server.respond(self, mode, body)
+                    if mode == "slow":
+                        time.sleep(server.slow_s)
                 finally:
+                    # before the reply goes out: once a client has its reply it may send its next request before
+                    # this thread gets to run again, which would count one request too many as in flight
                     with server.lock:
                         server.in_flight -= 1
+                server.respond(self, mode, body)
 
         self.httpd = _Server(("127.0.0.1", port), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -185,8 +189,6 @@ class ChatServer:
             handler.close_connection = True
             handler.connection.shutdown(2)
             return
-        if mode == "slow":
-            time.sleep(self.slow_s)
         if mode == "401":
             payload = json.dumps({"error": {"message": "invalid credentials", "request_headers": dict(handler.headers)}}).encode()
             handler.send_response(401)
