@@ -74,7 +74,8 @@ class ProgressLines:
 
     def close(self) -> None:
         elapsed = duration(time.monotonic() - self.started)
-        print(f"{self.desc}: {self.n}/{self.total} {self.unit}s after {elapsed}"
+        done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
+        print(f"{self.desc}: {done} {self.unit}s after {elapsed}"
               + (f", {self.postfix}" if self.postfix else ""), file=self.stream, flush=True)
 
 
