@@ -5,10 +5,13 @@
 Chat requests go to `<base_url>/chat/completions`, raw prompts to `<base_url>/completions`. The
 requests of one `complete` call run concurrently (at most `concurrency` at a time), so a server
 that batches (vLLM) sees them together. A request that fails with HTTP 429 or 5xx, a timeout, a
-refused or dropped connection, a malformed JSON body or (with `retry_empty`) empty content is
-retried up to `max_retries` times with exponential backoff and jitter (a 429's Retry-After is
-honoured, capped at `max_backoff_s`); other 4xx errors are not retried. What still fails comes back
-as a Completion with `error` set, never as an exception.
+refused or dropped connection or a malformed JSON body is retried up to `max_retries` times with
+exponential backoff and jitter (a 429's Retry-After is honoured, capped at `max_backoff_s`); other
+4xx errors are not retried. What still fails comes back as a Completion with `error` set, never as
+an exception. Empty content is an answer, not a failure: the server works. With `retry_empty` a
+sampled request (temperature > 0) that comes back empty is asked again, and the last answer is
+returned even if it is still empty; a greedy request's empty answer is returned at once, since the
+same prompt gives the same answer.
 
 The API key is read from the environment variable named by `api_key_env` (the config holds only the
 variable's name); it is sent as a Bearer token and never logged, printed or stored elsewhere. Every
@@ -66,7 +69,8 @@ class OpenAIConfig:
     model: model name the server expects. api_key_env: NAME of the environment variable holding the key
     (None for servers without authentication). timeout_s: per socket operation (connect, each read).
     max_retries: retries after the first attempt. backoff_s / max_backoff_s: first and largest wait.
-    concurrency: requests in flight at once. retry_empty: treat empty content as a failure to retry.
+    concurrency: requests in flight at once. retry_empty: ask a sampled request (temperature > 0) again while
+    its answer is empty (within max_retries; an answer still empty is returned as it is, never as an error).
     extra_body: more JSON fields for every request (e.g. {"top_p": 0.9, "seed": 0}).
     seed: of the backoff jitter (not sent to the server; use extra_body for that)."""
 
@@ -115,6 +119,9 @@ class OpenAIBackend(Backend):
     def __repr__(self) -> str:
         return f"OpenAIBackend(base_url={self.config.base_url!r}, model={self.config.model!r})"
 
+    def where(self) -> str:
+        return f"model {self.config.model!r} on the server at {self.config.base_url}"
+
     def _complete(self, requests: list[CompletionRequest]) -> list[Completion]:
         return list(self._pool.map(self._complete_one, requests))
 
@@ -144,6 +151,9 @@ class OpenAIBackend(Backend):
                 completion.text, hit = trim_at_stop(completion.text, request.stop)
                 if hit:
                     completion.finish_reason = "stop"
+                if not completion.text.strip() and self.config.retry_empty and request.temperature > 0 \
+                        and attempts <= self.config.max_retries:
+                    raise _Retryable("the server returned empty content to a sampled request")
                 completion.attempts, completion.latency_s = attempts, time.perf_counter() - start
                 return completion
             except _Fatal as error:
@@ -233,8 +243,6 @@ class OpenAIBackend(Backend):
             raise _Retryable(f"malformed response ({type(error).__name__}: {error}): {raw[:ERROR_BODY_CHARS]!r}")
         if text is None or not isinstance(text, str):
             text = ""
-        if not text.strip() and self.config.retry_empty:
-            raise _Retryable("the server returned empty content")
         usage = data.get("usage") or {}
         completion = Completion(text=text, tokens_in=int(usage.get("prompt_tokens") or 0),
                                 tokens_out=int(usage.get("completion_tokens") or 0),

@@ -180,6 +180,10 @@ class Backend(ABC):
             raise BackendUnavailable(f"{self.name} failed {self.failed_rounds} consecutive rounds (circuit breaker "
                                      f"max_failed_rounds={self.max_failed_rounds}); last error: {completions[-1].error}")
 
+    def where(self) -> str:
+        """One line saying what answers the requests and where it runs, printed when a command starts."""
+        return self.name
+
     def check(self) -> None:
         """Health check: one tiny request; raise BackendUnavailable (naming the backend and the error) if it fails."""
         [completion] = self.complete([HEALTH_CHECK])

@@ -37,7 +37,7 @@ class GeneratedRow:
 
 
 class LocalBackend(Backend):
-    """Base class of in-process backends; subclasses set `self.tokenizer` and implement `_generate`."""
+    """Base class of in-process backends; subclasses set `self.model` and `self.device` and implement `_generate`."""
 
     def __init__(self, tokenizer: Any, max_context: int, max_batch_size: int, use_chat_template: bool, seed: int) -> None:
         super().__init__()
@@ -53,6 +53,10 @@ class LocalBackend(Backend):
     def reseed(self, seed: int) -> None:
         self.seed = seed
         self._calls = 0
+
+    def where(self) -> str:
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        return f"{self.name} on {self.device} ({dtype}); torch threads: {torch.get_num_threads()}"
 
     def render(self, request: CompletionRequest) -> tuple[str, bool]:
         """(prompt text, whether it already holds the special tokens of a chat template)."""

@@ -1,10 +1,11 @@
 """Start-up time of the command line: `bwarea --help`, `bwarea <command> --help` and `import agents`, each in a
-fresh process, median of --repeats runs (issue 15: under 2 s where Lightning is not needed).
+fresh process, median of --repeats runs (issue 15: under 2 s). pretrain and finetune are measured twice: with an
+empty help cache (LightningCLI builds the text, Lightning imported) and with the text cached (cli/help_cache.py).
 
     python benchmarks/bench_startup.py                 # every command, 3 runs each
     python benchmarks/bench_startup.py --repeats 5
 
-What dominates where it is slow: `python -X importtime -c "import training.finetune"` (Lightning alone ~3.6 s on
+What dominates where it is slow: `python -X importtime -c "import training.finetune"` (Lightning alone ~4 s on
 the 2-core Xeon of RESULTS.md).
 """
 
@@ -13,12 +14,15 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-COMMANDS = ("", "evaluate", "play", "plot", "data", "generate", "convert", "view", "quickstart", "pretrain", "finetune")
+COMMANDS = ("", "evaluate", "play", "plot", "data", "generate", "convert", "view", "quickstart")
+LIGHTNING_COMMANDS = ("pretrain", "finetune")     # their --help is cached (cli/help_cache.py)
 
 
 def cpu_name() -> str:
@@ -31,12 +35,15 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def seconds(command: list[str], repeats: int) -> float:
+def seconds(command: list[str], repeats: int, cache: str | None = None) -> float:
+    """Median wall time; with `cache`, BWAREA_CACHE_DIR points there ("fresh": a new empty one for every run)."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        times.append(time.perf_counter() - start)
+        with tempfile.TemporaryDirectory() as empty:
+            env = dict(os.environ, BWAREA_CACHE_DIR=empty if cache == "fresh" else cache) if cache else None
+            start = time.perf_counter()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
@@ -48,6 +55,12 @@ def main() -> None:
     rows = [("import agents", seconds([sys.executable, "-c", "import agents"], args.repeats))]
     rows += [(f"bwarea {name} --help".replace("  ", " "), seconds([bwarea, *([name] if name else []), "--help"], args.repeats))
              for name in COMMANDS]
+    with tempfile.TemporaryDirectory() as cache:
+        for name in LIGHTNING_COMMANDS:
+            rows.append((f"bwarea {name} --help (first: no cached help)", seconds([bwarea, name, "--help"], args.repeats,
+                                                                                "fresh")))
+            seconds([bwarea, name, "--help"], 1, cache)        # fills the cache
+            rows.append((f"bwarea {name} --help (cached)", seconds([bwarea, name, "--help"], args.repeats, cache)))
     print(f"Start-up, median of {args.repeats} fresh processes ({cpu_name()}):\n")
     print("| command | seconds | under 2 s |\n|---|---:|---|")
     for name, value in rows:

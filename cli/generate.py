@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     except ValueError as error:  # e.g. a forced action outside the model's range
         raise InvalidInput(str(error))
+    print(f"bwarea generate: {args.model} on {device} ({'bfloat16 autocast' if dtype else 'float32'}); torch threads: "
+          f"{torch.get_num_threads()}", file=sys.stderr)
     for row, prompt in enumerate(prompts):
         ids = output.tokens[row][output.mask[row]].tolist()
         actions = output.actions[row][output.mask[row]].tolist()

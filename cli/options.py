@@ -69,6 +69,8 @@ def list_options(parser: ArgumentParser) -> dict[str, Any]:
             for sub in action.choices.values():
                 if isinstance(sub, ArgumentParser):
                     found.update(list_options(sub))
+        # jsonargparse keeps an option's type only in this attribute (no public accessor); test_cli.py checks
+        # every list form, so a jsonargparse release that renames it fails there, not in users' hands
         element = _list_element(getattr(action, "_typehint", None))
         if element is not None:
             found.update({option: element for option in action.option_strings if not option.endswith("+")})

@@ -3,7 +3,7 @@
     import envs
     env = envs.make("crafter", seed=0)                       # or "textworld/coin-easy", "bbh/navigate"
     obs, info = env.reset(seed=0)
-    obs, reward, terminated, truncated, info = env.step("move_left")
+    obs, reward, terminated, truncated, info = env.step("move west")
     batch = envs.make_batch("textworld/coin-easy", 8)        # many at once, no auto-reset
     envs.names()                                             # every valid name
 

@@ -16,9 +16,11 @@ from collections import deque
 import numpy as np
 from crafter import constants, objects
 
-from envs.crafter import ACTIONS, CrafterEnv, stations_in_reach
+from envs.crafter import ACTIONS, COMPASS, CrafterEnv, stations_in_reach
 
-MOVES = {(-1, 0): "move_left", (1, 0): "move_right", (0, -1): "move_up", (0, 1): "move_down"}
+# the names agents read and write (a corpus in the engine's names would teach a model words no prompt uses)
+MOVES = {(-1, 0): COMPASS["move_left"], (1, 0): COMPASS["move_right"], (0, -1): COMPASS["move_up"],
+         (0, 1): COMPASS["move_down"]}
 SEARCH_RADIUS = 12      # half-width of the square searched for targets around the player
 STATION_RADIUS = 6      # a table or furnace this close is walked back to instead of building another
 GATHER = {"wood": 6, "stone": 5, "coal": 1, "iron": 1}

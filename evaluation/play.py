@@ -165,6 +165,9 @@ class Session:
         self.recorder = EpisodeRecorder(config.env, 0, 0, config.seed, self.reset_seed, observation, info)
         player = f"agent {config.agent}" if config.watch else "you"
         self.say(f"== {config.env}, episode {config.seed} ({config.split} split), played by {player} ==")
+        backend = getattr(self.agent, "backend", None)
+        if backend is not None:
+            self.say(f"The agent's language model: {backend.where()}")
         if info.get("task") and not self.family.answers_questions:
             self.say(f"Objective: {info['task']}")
         if not config.watch:

@@ -101,7 +101,7 @@ class AgentFactory:
         config_class, _, self.needs_backend = AGENTS[kind]
         self.own_seed = "seed" in {f.name for f in dataclasses.fields(config_class)}
         self.max_failed_rounds = max_failed_rounds
-        self._backend: agents.Backend | None = None
+        self.backend: agents.Backend | None = None
         self.context: Any = None          # what the agent's prepare() built (SPRING: a ContextResult), shared
         self.context_s: float | None = None
 
@@ -109,8 +109,8 @@ class AgentFactory:
         """Everything that can fail before the first episode: build an agent (checks its config), load the backend,
         health-check it, and run the agent's one-off preparation (SPRING's reading step), timed on its own."""
         agent = self.make(Unit("", 0, 0, [], []))
-        if self._backend is not None:
-            self._backend.check()
+        if self.backend is not None:
+            self.backend.check()
         start = time.perf_counter()
         self.context = agent.prepare()
         if self.context is not None:
@@ -120,19 +120,19 @@ class AgentFactory:
         overrides = {"agent": {"seed": unit_seed(unit.seed, unit.env, unit.batch)}} if self.own_seed else {}
         if not self.needs_backend:
             return agents.make_agent(self.config, overrides=overrides)
-        if self._backend is None:
-            self._backend = agents.make_backend(self.config["backend"])
-            self._backend.max_failed_rounds = self.max_failed_rounds
+        if self.backend is None:
+            self.backend = agents.make_backend(self.config["backend"])
+            self.backend.max_failed_rounds = self.max_failed_rounds
         # a batch's samples must not depend on the batches before it, or a resumed run would draw differently
-        self._backend.reseed(unit_seed(unit.seed, unit.env, unit.batch))
-        agent = agents.make_agent(self.config, backend=self._backend, overrides=overrides)
+        self.backend.reseed(unit_seed(unit.seed, unit.env, unit.batch))
+        agent = agents.make_agent(self.config, backend=self.backend, overrides=overrides)
         if self.context is not None:
             agent.context = self.context
         return agent
 
     def close(self) -> None:
-        if self._backend is not None:
-            self._backend.close()
+        if self.backend is not None:
+            self.backend.close()
 
 
 def default_out(config: EvaluationConfig, names: Sequence[str]) -> Path:
@@ -256,6 +256,8 @@ class EvaluationRun:
         """The agent, its backend and its context must work before anything is written."""
         config = self.config
         self.factory.prepare()
+        if self.factory.backend is not None and config.progress:
+            print(f"bwarea evaluate: the agent's language model: {self.factory.backend.where()}", file=sys.stderr)
         if self.factory.context_s is not None and config.progress:
             print(f"bwarea evaluate: the agent's context took {self.factory.context_s:.1f} s (reading step or "
                   "cache); step latencies exclude it.", file=sys.stderr)

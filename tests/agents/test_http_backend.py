@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 
@@ -45,10 +46,17 @@ def test_chat_and_raw_completions_report_text_and_usage(chat_server, monkeypatch
     assert "sk-test-secret" not in repr(backend) and "sk-test-secret" not in str(vars(backend.config))
 
 
+def test_the_backend_names_its_server_and_model(chat_server):
+    assert backend_for(chat_server).where() == f"model 'scripted' on the server at {chat_server.base_url}"
+
+
 def test_missing_api_key_variable_is_a_clear_error(chat_server, monkeypatch):
     monkeypatch.delenv("BWAREA_ABSENT_KEY", raising=False)
     with pytest.raises(ValueError, match="BWAREA_ABSENT_KEY"):
         backend_for(chat_server, api_key_env="BWAREA_ABSENT_KEY")
+
+
+SAMPLED_CHAT = dataclasses.replace(CHAT, temperature=0.7)
 
 
 @pytest.mark.parametrize("fault", ["500", "429", "malformed", "empty", "slow", "drop"])
@@ -56,7 +64,7 @@ def test_transient_faults_are_retried(chat_server, fault):
     chat_server.script = [fault]
     chat_server.slow_s = 0.6
     backend = backend_for(chat_server, timeout_s=0.3)
-    [completion] = backend.complete([CHAT])
+    [completion] = backend.complete([SAMPLED_CHAT])
     assert completion.ok, completion.error
     assert completion.attempts == 2 and completion.text == "The player sees grass and a tree."
     assert len(chat_server.requests) == 2
@@ -71,10 +79,15 @@ def test_persistent_faults_end_in_a_recorded_error(chat_server):
     assert backend.usage.errors == 1
 
 
-def test_empty_content_after_retries_is_an_error(chat_server):
+def test_empty_content_is_an_answer_never_an_error(chat_server):
     chat_server.fault = lambda body: "empty"
-    [completion] = backend_for(chat_server).complete([CHAT])
-    assert "empty content" in completion.error and completion.attempts == 3
+    [sampled] = backend_for(chat_server).complete([SAMPLED_CHAT])
+    assert sampled.ok and sampled.text == "" and sampled.attempts == 3       # asked again while retries last
+    [greedy] = backend_for(chat_server).complete([CHAT])
+    assert greedy.ok and greedy.text == "" and greedy.attempts == 1          # the same prompt gives the same answer
+    [unretried] = backend_for(chat_server, retry_empty=False).complete([SAMPLED_CHAT])
+    assert unretried.ok and unretried.attempts == 1
+    assert len(chat_server.requests) == 3 + 1 + 1
 
 
 def test_client_errors_are_not_retried(chat_server):
@@ -157,7 +170,7 @@ def test_spring_agent_survives_every_kind_of_fault(chat_server):
         if sink.error:
             assert trace.action == "noop" and trace.fallback
         for node in trace.nodes:
-            assert (node.error is None) == bool(node.answer)
+            assert node.error is None or not node.answer                # a greedy empty answer is not an error
             assert node.attempts == 2 or node.error is None
     nodes = [node for trace in traces for node in trace.nodes]
     assert any(node.error for node in nodes) and any(node.attempts == 2 and not node.error for node in nodes)

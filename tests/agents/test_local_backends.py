@@ -180,6 +180,14 @@ def test_transformers_backend_batches_with_left_padding(tiny_llama_dir):
     assert backend.rounds == 1 + len(PROMPTS) and backend.usage.requests == 2 * len(PROMPTS)
 
 
+def test_backends_say_what_runs_where(tiny_llama_dir, tiny_bwarea_dir):
+    threads = f"torch threads: {torch.get_num_threads()}"
+    llama = TransformersBackend(TransformersConfig(model=str(tiny_llama_dir), dtype="bfloat16"))
+    assert llama.where() == f"transformers:{tiny_llama_dir} on cpu (bfloat16); {threads}"
+    own = BWAreaBackend(BWAreaBackendConfig(model=str(tiny_bwarea_dir), device="cpu"))
+    assert own.where() == f"bwarea:{tiny_bwarea_dir} on cpu (float32); {threads}"
+
+
 def test_transformers_backend_uses_the_chat_template_when_there_is_one(tiny_llama_dir, tiny_tokenizer):
     backend = TransformersBackend(TransformersConfig(model=str(tiny_llama_dir)))
     request = CompletionRequest(messages=(Message("user", "Where am I?"),), max_tokens=4)

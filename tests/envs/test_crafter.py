@@ -168,11 +168,14 @@ def test_scripted_sequence_unlocks_wood_table_and_pickaxe(sandbox, crafter_env):
 def test_explorer_unlocks_the_first_tech_tree_steps_in_a_generated_world(crafter_env):
     crafter_env.reset(seed=0)
     explorer = CrafterExplorer(np.random.default_rng(0), epsilon=0.0)
+    taken = []
     for _ in range(150):
-        *_, terminated, truncated, info = crafter_env.step(explorer.act(crafter_env))
+        taken.append(explorer.act(crafter_env))
+        *_, terminated, truncated, info = crafter_env.step(taken[-1])
         if {"collect_wood", "place_table", "make_wood_pickaxe"} <= set(info["achievements"]):
             break
     assert {"collect_wood", "place_table", "make_wood_pickaxe"} <= set(info["achievements"])
+    assert set(taken) <= set(ACTIONS) and any(name.startswith("move ") for name in taken)   # the names agents read
 
 
 def test_death_terminates_and_max_steps_truncates(sandbox, crafter_env):

@@ -139,13 +139,14 @@ def test_bbh_accuracy_per_task_and_macro_with_a_seeded_agent(bbh_dir, tmp_path):
     assert "**bbh_macro_accuracy** (2 tasks)" in (tmp_path / "a" / "report.md").read_text()
 
 
-def test_own_model_agent_records_latent_actions_and_settings(tiny_bwarea_dir, bbh_dir, tmp_path):
+def test_own_model_agent_records_latent_actions_and_settings(tiny_bwarea_dir, bbh_dir, tmp_path, capsys):
     agent = {"backend": {"type": "bwarea", "model": str(tiny_bwarea_dir)},
              "agent": {"type": "direct", "style": "observation", "answer_format": "text", "max_tokens": 4,
                        "temperature": 0.0, "fallback_action": ""}}
     out = tmp_path / "own"
     summary = evaluate(agent, ["bbh/navigate"], episodes=2, seeds=[0], out_dir=out, bbh_data_dir=str(bbh_dir),
-                       traces="compact", progress=False)
+                       traces="compact")
+    assert f"the agent's language model: bwarea:{tiny_bwarea_dir} on cpu (float32)" in capsys.readouterr().err
     records = _records(out)
     nodes = [node for r in records for trace in r["traces"] for node in trace["nodes"]]
     assert nodes and all("request" not in node for node in nodes)          # compact traces keep no prompts

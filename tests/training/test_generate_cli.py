@@ -52,7 +52,9 @@ def run_json(capsys, model_dir, *argv: str) -> list[dict]:
 def test_generate_json_reports_actions_per_token(saved_models, capsys):
     assert cli.main(["generate", "--model", str(saved_models / "bwarea"), "--prompt", '["You are", "> open"]',
                      "--max_new_tokens", "6", "--json", "true", "--stop", "[]"]) == 0
-    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    output = capsys.readouterr()
+    records = [json.loads(line) for line in output.out.splitlines()]
+    assert f"bwarea generate: {saved_models / 'bwarea'} on cpu (float32); torch threads: " in output.err
     assert [r["prompt"] for r in records] == ["You are", "> open"]
     for record in records:
         assert 1 <= len(record["tokens"]) == len(record["actions"]) == len(record["log_probs"]) <= 6

@@ -183,6 +183,7 @@ def test_watch_shows_each_dag_node_and_the_latent_action_per_token(tiny_bwarea_d
     assert shown.count("[look] What is here?") == 2 and shown.count("[choose] Pick a command.") == 2
     assert shown.count("latent action per token: ") == 4 and "Agent action: look" in shown
     assert "Game out of steps." in shown
+    assert f"The agent's language model: bwarea:{tiny_bwarea_dir} on " in shown     # cpu here, the GPU where one is
     episode = json.loads((tmp_path / "episode.json").read_text())
     assert episode["player"] == "agent" and episode["truncated"] and episode["steps"] == 2
     tokens = sum(len(node["metadata"]["actions"]) for trace in episode["traces"] for node in trace["nodes"])
