@@ -37,6 +37,10 @@ class ARLanguageModel(PretrainedModel):
         hidden = self.trunk(input_ids[:, :-1], None if attention_mask is None else attention_mask[:, :-1])
         return next_token_loss(hidden, self.lm_head, input_ids, attention_mask, return_logits=False)[0]
 
+    def policy_module(self) -> nn.Module:
+        """The module that holds the policy: for the AR model, the whole language model."""
+        return self
+
     def policy_parameters(self) -> list[nn.Parameter]:
         """All weights: for the AR model the policy is the whole language model."""
         return list(self.parameters())

@@ -217,6 +217,10 @@ class CoLAModel(PretrainedModel):
         """Inverse dynamics, codebook and merge blocks (trained in stage 1, frozen afterwards)."""
         return [*self.inverse.parameters(), *self.codebook.parameters(), *self.world.parameters()]
 
+    def policy_module(self) -> nn.Module:
+        """The module that holds the policy (its parameters are policy_parameters())."""
+        return self.policy
+
     def policy_parameters(self) -> list[nn.Parameter]:
         """The policy: the only part trained in stage 2 and in reward fine-tuning."""
         return list(self.policy.parameters())

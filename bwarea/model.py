@@ -126,6 +126,10 @@ class BWAreaModel(PretrainedModel):
         """World model, inverse dynamics and codebook (trained in stage 1, frozen afterwards)."""
         return [*self.world.parameters(), *self.inverse.parameters(), *self.codebook.parameters()]
 
+    def policy_module(self) -> torch.nn.Module:
+        """The module that holds the cognitive policy (its parameters are policy_parameters())."""
+        return self.policy
+
     def policy_parameters(self) -> list[torch.nn.Parameter]:
         """The cognitive policy: the only part trained in stage 2 and in reward fine-tuning."""
         return list(self.policy.parameters())

@@ -14,6 +14,10 @@ Checkpoints and logs count updates: Lightning's step advances once per update wh
 update without learning signal takes no optimizer step but is still checkpointed). Exact resume: the tasks of
 update u and the sampling generators are pure functions of (seed, u), and u is stored in the checkpoint with the
 weights, the optimizer state and the (adaptive) objective options.
+
+Processes: DDP (every process holds the whole model; `--trainer.strategy ddp`) or the trainable policy sharded over
+them with FSDP2 (Lightning's ModelParallelStrategy; rollouts then play through a whole-policy replica, see
+training/sharding.py). Either way process r plays positions r, r+N, ... of every rollout batch.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any, Callable, Iterator, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.utils.data import DataLoader, IterableDataset
 
 import bwarea
@@ -42,6 +47,7 @@ from training.reward_model import RewardScorer
 from training.rollout import Episode, ReferencePolicy, RolloutEngine, build_rollout_batch
 from training.runs import RunCLI, peak_memory_mb, read_training_info, run_cli
 from training.settings import RolloutConfig
+from training.sharding import copy_whole_weights, local_elements, rollout_replica, shard, whole
 
 TRAINABLE_PARTS = ("policy", "world", "inverse", "codebook")
 # model_type -> the token trunk PPO's value model copies (CoLA's policy reads the frozen LM's states)
@@ -199,6 +205,9 @@ class FinetuneModule(L.LightningModule):
             rm_scorer = RewardScorer(reward_network.requires_grad_(False), bwarea.load_tokenizer(reward_model))
             scorer = lambda transcripts, commands: rm_scorer(transcripts, [""] * len(transcripts)).tolist()  # noqa: E731
         self.engine = RolloutEngine(self.policy_model, self.tokenizer, rollout, self.reference, scorer)
+        # a sharded run's rollout replica (configure_model); set through __dict__ so that it stays out of the module
+        # tree: neither sharded, nor moved by Lightning, nor saved in checkpoints
+        self.__dict__["replica"] = None
         self.completed_updates = 0
         self.signal_free_updates = 0
         self.bad_batches = 0
@@ -226,6 +235,38 @@ class FinetuneModule(L.LightningModule):
                 raise FinetuneError(f"model.kl_target needs a positive target and a positive starting "
                                     f"objective_options.{option} (got {kl_target} and "
                                     f"{self.objective_options.get(option, 0)}).")
+
+    def configure_model(self) -> None:
+        """Under ModelParallelStrategy (FSDP2): shard the policy and PPO's value model over the processes, and play
+        through a rollout replica whose policy is whole (training/sharding.py). Other strategies keep the model whole."""
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        if not isinstance(strategy, ModelParallelStrategy) or self.replica is not None:
+            return
+        hp = self.hparams
+        if hp.tuning != "full" or hp.optimizer != "adamw" or hp.gradient_snr:
+            raise FinetuneError("sharded fine-tuning (ModelParallelStrategy) trains the whole policy with AdamW: set "
+                                "model.tuning full, model.optimizer adamw and model.gradient_snr false, or use DDP.")
+        if strategy.device_mesh["tensor_parallel"].size() != 1:
+            raise FinetuneError("fine-tuning shards the policy over data-parallel processes only: set the strategy's "
+                                "tensor_parallel_size: 1 and data_parallel_size to the number of processes.")
+        mesh = strategy.device_mesh["data_parallel"]
+        policy = self.policy_model.policy_module()
+        replica = rollout_replica(self.policy_model, policy)
+        self.__dict__["replica"] = replica
+        self.reference = ReferencePolicy(replica)
+        shard(policy, mesh)
+        if self.value_model is not None:
+            shard(self.value_model, mesh)
+        self.trainable = list(policy.parameters())      # the sharded parameters the optimizer steps
+        self.engine = RolloutEngine(self.policy_model, self.tokenizer, self.rollout_config, self.reference,
+                                    self.engine.reward_function, player=replica)
+
+    def _refresh_replica(self) -> None:
+        """The rollout replica's policy := the sharded policy's current weights (every process, together)."""
+        replica = self.replica
+        if next(replica.policy_module().parameters()).device != self.device:
+            replica.to(self.device)
+        copy_whole_weights(self.policy_model.policy_module(), replica.policy_module())
 
     def _check_trainable(self, trainable: list[str]) -> None:
         unknown = sorted(set(trainable) - set(TRAINABLE_PARTS))
@@ -331,6 +372,8 @@ class FinetuneModule(L.LightningModule):
         # on (seed, update, position, member) only, so the batch is the same however many processes play it
         positions = list(range(self.global_rank, len(tasks), self.world_size))
         members = [(p, k) for p in positions for k in range(group)]
+        if self.replica is not None:
+            self._refresh_replica()
         sampled = self.play([tasks[p] for p, _ in members], greedy=False,
                             sampling_seeds=[(hp.seed * 1_000_003 + update) * 4099 + p * group + k for p, k in members])
         greedy = self.play([tasks[p] for p in positions], greedy=True) if self.needs.greedy_twin else None
@@ -460,7 +503,7 @@ class FinetuneModule(L.LightningModule):
         else:
             backward()
         limit = self.hparams.max_grad_norm or math.inf
-        norms = [torch.nn.utils.clip_grad_norm_(parameters, limit) for parameters in self._parameter_sets()]
+        norms = [whole(torch.nn.utils.clip_grad_norm_(parameters, limit)) for parameters in self._parameter_sets()]
         metrics = {"grad_norm": float(norms[0])} | ({"value_grad_norm": float(norms[1])} if len(norms) > 1 else {})
         if not all(torch.isfinite(norm) for norm in norms):
             optimizer.zero_grad()
@@ -613,8 +656,14 @@ class FinetuneModule(L.LightningModule):
     # --- export (training.runs.ExportOnTrainEnd) --------------------------------------------
     def export_pretrained(self, directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
         """save_pretrained of the fine-tuned model (frozen parts included, LoRA adapters merged into a copy) with its
-        tokenizer. Every process holds the same weights (DDP), so the module's own are the state to export."""
+        tokenizer. Under DDP every process holds the same weights, the module's own; a sharded run's are gathered in
+        `state_dict` (on the main process), which the rollout replica takes on to be saved whole."""
         model = self.policy_model
+        if self.replica is not None:
+            prefix = "policy_model."
+            self.replica.load_state_dict({name[len(prefix):]: value for name, value in state_dict.items()
+                                          if name.startswith(prefix)})
+            model = self.replica
         if has_lora(model):
             model = copy.deepcopy(model)
             merge_lora(model)
@@ -627,7 +676,9 @@ class FinetuneModule(L.LightningModule):
                 "objective_options": self.objective_options, "updates": self.completed_updates,
                 "episodes_per_update": hp.episodes_per_update, "task_pool": hp.task_pool,
                 "skipped_batches": self.skipped_batches, "dropped_episodes": self.dropped_episodes,
-                "tuning": hp.tuning, "trained_parameters": sum(p.numel() for p in self.trainable)}
+                "tuning": hp.tuning, "trained_parameters": sum(p.numel() for p in self.trainable),
+                "sharded_over_processes": self.world_size if self.replica is not None else 1,
+                "trained_parameters_per_process": local_elements(self.trainable)}
 
 
 def locals_without_self(values: dict[str, Any]) -> dict[str, Any]:
@@ -642,6 +693,11 @@ class FinetuneCLI(RunCLI):
     # resumed with more updates than it finished goes on from where it stopped (each epoch plays the updates still to run)
     trainer_defaults = {"max_epochs": -1, "log_every_n_steps": 1, "num_sanity_val_steps": 0, "enable_model_summary": False,
                         "precision": "auto"}
+
+    ignored_warnings = RunCLI.ignored_warnings + (
+        # sharded PPO: the value model returns a squeezed (view) output, which no code modifies in place
+        r"FSDP2-wrapped module \(FSDPScalarModel\) returned a view tensor",
+    )
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         super().add_arguments_to_parser(parser)

@@ -100,8 +100,13 @@ RewardFunction = Callable[[list[str], list[str]], Sequence[float]]  # (prompts, 
 
 class RolloutEngine:
     def __init__(self, model: torch.nn.Module, tokenizer: Any, config: RolloutConfig,
-                 reference: ReferencePolicy | None = None, reward_function: RewardFunction | None = None):
+                 reference: ReferencePolicy | None = None, reward_function: RewardFunction | None = None,
+                 player: torch.nn.Module | None = None):
+        """`model` is the policy the loss is taken through (policy_log_probs); `player` the copy of it that plays,
+        recording the log-probs of what it chose (default: `model` itself; a sharded model plays through a rollout
+        replica, training/sharding.py)."""
         self.model = model
+        self.player = model if player is None else player
         self.tokenizer = tokenizer
         self.config = config
         self.reference = reference
@@ -169,8 +174,8 @@ class RolloutEngine:
                 active.append(index)
             except Exception as error:  # an environment that cannot start is one dropped episode
                 episode.error = describe_error(error)
-        was_training = self.model.training
-        self.model.eval()
+        was_training = self.player.training
+        self.player.eval()
         try:
             for _ in range(self.config.max_turns):
                 if not active:
@@ -179,7 +184,7 @@ class RolloutEngine:
             for index in active:
                 episodes[index].truncated = True
         finally:
-            self.model.train(was_training)
+            self.player.train(was_training)
             for env in envs:
                 if env is not None:
                     env.close()
@@ -189,7 +194,7 @@ class RolloutEngine:
         self._apply_reward_function(episodes)
         kept = [e for e in episodes if not e.dropped]
         if self.scoring_temperature != 1.0:  # generation records log-probs at temperature 1
-            self._record_log_probs(kept, self.model.policy_logits, "log_probs")
+            self._record_log_probs(kept, self.player.policy_logits, "log_probs")
         if self.reference is not None:
             self._record_log_probs(kept, self.reference.policy_logits, "ref_log_probs")
         return episodes
@@ -205,7 +210,7 @@ class RolloutEngine:
         prompts = [self._prompt_ids(transcripts[i], observations[i]) for i in active]
         input_ids, attention_mask = self._left_padded(prompts)
         generator = None if greedy else self._turn_generators(episodes, active, sampling_seeds)
-        output = self.model.generate(
+        output = self.player.generate(
             input_ids, attention_mask, max_new_tokens=self.config.max_new_tokens,
             temperature=0.0 if greedy else self.config.temperature, token_temperature=self.config.token_temperature,
             stop_strings=["\n"], tokenizer=self.tokenizer, generator=generator, compile=self.config.compile,
@@ -289,8 +294,8 @@ class RolloutEngine:
         """Set Turn.<field_name> to the chosen actions' log-probs under `policy_logits`, 32 turns per pass, in inference
         mode as the actions were sampled."""
         turns = [turn for episode in episodes for turn in episode.turns]
-        was_training = self.model.training
-        self.model.eval()
+        was_training = self.player.training
+        self.player.eval()
         try:
             for start in range(0, len(turns), 32):
                 chunk = turns[start:start + 32]
@@ -299,7 +304,7 @@ class RolloutEngine:
                     setattr(turn, field_name, values[:len(turn.tokens)])
                     values = values[len(turn.tokens):]
         finally:
-            self.model.train(was_training)
+            self.player.train(was_training)
 
     def policy_log_probs(self, episodes: Sequence[Episode], full: bool = False) -> tuple[torch.Tensor, ...]:
         """log pi(a_t | s_t) with gradients and the policy entropy, (B, T) over each episode's generated tokens; with

@@ -310,27 +310,39 @@ def test_shipped_configs_parse(path):
     assert model.objective in OBJECTIVES
 
 
+SHARDED = {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+           "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1, "save_distributed_checkpoint": False}}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("micro_batch_size", [None, 1])
-def test_two_process_ddp_finetune_reaches_the_single_process_weights(models, tw_cache, tmp_path, micro_batch_size):
-    """Lightning DDP over 2 CPU processes (gloo): each plays half of every rollout batch (its own tasks and sampling
-    seeds, the greedy twins on the same process), gradients are averaged by DDP with each process's loss weighted
-    by its share; the weights equal the single-process run with the same global batch."""
+@pytest.mark.parametrize("strategy, micro_batch_size", [("ddp", None), ("ddp", 1), ("sharded", 1)])
+def test_two_process_finetune_reaches_the_single_process_weights(models, tw_cache, tmp_path, strategy, micro_batch_size):
+    """2 CPU processes (gloo), under DDP or with the policy sharded (FSDP2): each plays half of every rollout batch
+    (its own tasks and sampling seeds, the greedy twins on the same process), gradients are averaged with each
+    process's loss weighted by its share; the weights equal the single-process run with the same global batch. The
+    sharded run stops after 2 of the 3 updates and is resumed from its checkpoint, which must change nothing."""
     # PM-RLHF: its per-token term gives a gradient even when no episode is won (ReMax would then take no step); the
     # sampled estimator, because the exact one's per-position baseline is taken over each process's own episodes
     # (unbiased either way, but then not the same numbers as one process)
     options = {"updates": 3, "learning_rate": 3e-3, "micro_batch_size": micro_batch_size, "objective": "pm_rlhf",
                "objective_options": {"beta": 0.1, "estimator": "sampled"}}
     single = run(settings(models["bwarea"], tmp_path, tw_cache, "single", **options))
-    config = tmp_path / "ddp.yaml"
-    config.write_text(yaml.safe_dump({**settings(models["bwarea"], tmp_path, tw_cache, "ddp", **options),
+    config = tmp_path / "shared.yaml"
+    config.write_text(yaml.safe_dump({**settings(models["bwarea"], tmp_path, tw_cache, "shared", **options),
                                       "trainer": {"enable_progress_bar": False, "precision": "32-true", "accelerator": "cpu",
-                                                  "devices": 2, "strategy": "ddp"}}))
-    result = subprocess.run([sys.executable, "-m", "cli.main", "finetune", "--config", str(config)], cwd=REPO,
-                            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+                                                  "devices": 2, "strategy": SHARDED if strategy == "sharded" else "ddp"}}))
+    command = [sys.executable, "-m", "cli.main", "finetune", "--config", str(config)]
+    stages = [["--model.updates", "2"], ["--ckpt_path", "last"]] if strategy == "sharded" else [[]]
+    for extra in stages:
+        result = subprocess.run(command + extra, cwd=REPO, capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+    if strategy == "sharded":
+        info = read_training_info(tmp_path / "shared" / "export")
+        assert info["updates"] == 3 and info["sharded_over_processes"] == 2
+        assert info["trained_parameters"] / 2 <= info["trained_parameters_per_process"] < 0.52 * info["trained_parameters"]
     alone = load_file(str(single / "export" / "model.safetensors"))
-    shared = load_file(str(tmp_path / "ddp" / "export" / "model.safetensors"))
+    shared = load_file(str(tmp_path / "shared" / "export" / "model.safetensors"))
     start = load_file(str(models["bwarea"] / "model.safetensors"))
     moved = [name for name in alone if not torch.equal(alone[name], start[name])]
     assert moved and all(name.startswith("policy.") for name in moved)   # it learned, and only the policy
@@ -342,9 +354,22 @@ def test_two_process_ddp_finetune_reaches_the_single_process_weights(models, tw_
     assert all(torch.equal(shared[name], alone[name]) for name in alone if name not in moved)
     updates = torch.cat([(alone[name] - start[name]).flatten() for name in moved])
     assert float(differences.norm() / updates.norm()) < 1e-3
-    rows = [row for row in read_metrics(tmp_path / "ddp") if "finetune/reward/sampled" in row]
+    rows = [row for row in read_metrics(tmp_path / "shared") if "finetune/reward/sampled" in row]
     single_rows = [row for row in read_metrics(single) if "finetune/reward/sampled" in row]
     assert [r["finetune/reward/sampled"] for r in rows] == pytest.approx([r["finetune/reward/sampled"] for r in single_rows])
+
+
+def test_sharded_finetuning_refuses_what_it_cannot_shard(models, tw_cache, tmp_path):
+    config = settings(models["bwarea"], tmp_path, tw_cache, "head", tuning="head")
+    config["trainer"].update(accelerator="cpu", devices=1,
+                             strategy={**SHARDED, "init_args": {**SHARDED["init_args"], "data_parallel_size": 1}})
+    try:
+        with pytest.raises(FinetuneError, match="trains the whole policy with AdamW"):
+            run(config)
+    finally:  # the one-process group this started must not outlive the test
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    assert not (tmp_path / "head").exists()
 
 
 def test_a_misspelt_environment_is_one_line_and_leaves_no_run_behind(models, tw_cache, tmp_path, capsys):
