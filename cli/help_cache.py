@@ -1,4 +1,5 @@
-"""`bwarea pretrain --help` and `bwarea finetune --help` from a cache.
+"""The Lightning commands' entry point (`bwarea pretrain`, `bwarea finetune`: `lightning_command`), with their
+`--help` from a cache.
 
 LightningCLI builds these texts from the Lightning and model classes, and importing Lightning alone takes ~4 s
 (benchmarks/RESULTS.md, "Command-line start-up"). The text is the same until something it is made from changes, so a
@@ -12,13 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import importlib.metadata
 import io
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cli.options import with_bundled_configs
 from common.files import atomic_write_text, cache_root
 
 # what the help text is made from: our packages' source and these distributions
@@ -61,3 +64,16 @@ def with_cached_help(prog: str, argv: list[str], run: Callable[[list[str]], int]
         with contextlib.suppress(OSError):       # an unwritable cache costs only speed
             atomic_write_text(path, text)
     return code
+
+
+def lightning_command(name: str, cli_class: str, argv: Sequence[str] | None) -> int:
+    """`bwarea <name>` through its LightningCLI class, given as "module:Class" and imported only when the help is not
+    cached (it imports Lightning); `--config NAME` may name a bundled config of configs/<name>/."""
+
+    def run(args: list[str]) -> int:
+        from training.runs import cli_main
+
+        module, _, class_name = cli_class.partition(":")
+        return cli_main(getattr(importlib.import_module(module), class_name), args)
+
+    return with_cached_help(f"bwarea {name}", with_bundled_configs(argv, name), run)

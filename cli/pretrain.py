@@ -9,16 +9,9 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cli.help_cache import with_cached_help
-    from cli.options import with_bundled_configs
+    from cli.help_cache import lightning_command
 
-    def run(args: list[str]) -> int:
-        from training.pretrain import PretrainCLI      # imports Lightning (~4 s): only when the help is not cached
-        from training.runs import cli_main
-
-        return cli_main(PretrainCLI, args)
-
-    return with_cached_help("bwarea pretrain", with_bundled_configs(argv, "pretrain"), run)
+    return lightning_command("pretrain", "training.pretrain:PretrainCLI", argv)
 
 
 if __name__ == "__main__":
